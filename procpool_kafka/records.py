@@ -1,0 +1,73 @@
+"""Record: the picklable view of a Kafka message that the handler receives.
+
+confluent-kafka ``Message`` objects cannot cross a process boundary, so the
+consumer converts each one into a :class:`Record` before dispatching it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+Headers = list[tuple[str, bytes]]
+
+
+class TopicPartition(NamedTuple):
+    """A (topic, partition) pair, hashable and cheap; no Kafka import needed."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message, as handed to the user's handler in a worker.
+
+    ``timestamp`` is the message timestamp in epoch milliseconds (or None when
+    the broker gave none); ``attempt`` is 1 for a first delivery and grows on
+    each retry.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+    timestamp: int | None = None
+    attempt: int = 1
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name``, or None."""
+        for header_name, value in reversed(self.headers):
+            if header_name == name:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        size = -1 if self.value is None else len(self.value)
+        return (
+            f"Record({self.topic}[{self.partition}]@{self.offset}, "
+            f"attempt={self.attempt}, value_bytes={size})"
+        )
+
+
+def record_from_message(message: Any, attempt: int = 1) -> Record:
+    """Convert a confluent-kafka ``Message`` into a :class:`Record`."""
+    raw_headers = message.headers() or []
+    headers: Headers = [(name, value if value is not None else b"") for name, value in raw_headers]
+    timestamp_type, timestamp = message.timestamp()
+    return Record(
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        key=message.key(),
+        value=message.value(),
+        headers=headers,
+        timestamp=timestamp if timestamp_type != 0 else None,
+        attempt=attempt,
+    )
