@@ -1,0 +1,211 @@
+"""Typed configuration of a ProcPoolConsumer, validated on construction with clear errors.
+
+Every invalid value raises :class:`~procpool_kafka.errors.ConfigError` naming the setting.
+librdkafka settings pass through ``kafka_config``; the ones procpool-kafka depends on
+(explicit commits of explicit offsets) cannot be overridden by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from procpool_kafka.errors import ConfigError
+
+KafkaValue = str | int | float | bool
+
+#: librdkafka settings procpool-kafka must own: offsets are stored and committed explicitly.
+REQUIRED_KAFKA_SETTINGS: dict[str, KafkaValue] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+}
+
+#: Defaults a user may override through ``kafka_config``.
+DEFAULT_KAFKA_SETTINGS: dict[str, KafkaValue] = {
+    "auto.offset.reset": "earliest",
+    "partition.assignment.strategy": "cooperative-sticky",
+}
+
+_SECRET_MARKERS = ("password", "secret", "sasl.jaas", "oauthbearer.config", "key.pem", "token")
+REDACTED = "[redacted]"
+
+
+def is_secret_setting(name: str) -> bool:
+    """True for librdkafka settings whose values must never be logged or shown."""
+    lowered = name.lower()
+    return any(marker in lowered for marker in _SECRET_MARKERS)
+
+
+def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``settings`` with secret values replaced, safe to log."""
+    return {k: (REDACTED if is_secret_setting(k) else v) for k, v in settings.items()}
+
+
+def _as_bool_setting(value: KafkaValue) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    return None
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """What to consume and how to run the handler.
+
+    Durations are in seconds. ``None`` disables an optional limit.
+    """
+
+    bootstrap_servers: str
+    group_id: str
+    topics: Sequence[str]
+    #: worker processes; default ``os.cpu_count()``
+    workers: int | None = None
+    #: records queued or running at most; partitions pause when reached
+    max_in_flight: int = 2000
+    #: one deadline for all running work of revoked partitions (and for a graceful stop)
+    revoke_timeout: float = 30.0
+    #: hard limit for one handler call; the worker is killed and the record fails (TaskTimeout)
+    task_timeout: float | None = None
+    #: a worker whose heartbeat stops this long while running a handler is killed (WorkerLost)
+    heartbeat_timeout: float | None = 120.0
+    #: worker deaths while running the same record before it fails with WorkerCrashed
+    crash_limit: int = 3
+    #: recycle a worker after this many tasks
+    max_tasks_per_worker: int | None = None
+    #: recycle a worker whose resident memory exceeds this (MiB), checked between tasks
+    max_worker_rss_mb: float | None = None
+    #: records per pool task: None adapts it to the handler's cost (about 20 ms of work per task)
+    batch_size: int | None = None
+    #: upper bound of the adaptive batch size
+    max_batch_size: int = 500
+    #: seconds between asynchronous commits
+    commit_interval: float = 1.0
+    #: how long to wait for the cluster to answer at start
+    connect_timeout: float = 30.0
+    #: extra librdkafka settings (passed through; secrets are never logged)
+    kafka_config: Mapping[str, KafkaValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.topics, str):
+            object.__setattr__(self, "topics", [self.topics])
+        object.__setattr__(self, "topics", list(self.topics))
+        object.__setattr__(self, "kafka_config", dict(self.kafka_config))
+        if self.workers is None:
+            object.__setattr__(self, "workers", os.cpu_count() or 1)
+        self._validate()
+
+    @property
+    def worker_count(self) -> int:
+        """The resolved number of workers."""
+        return int(self.workers or 1)
+
+    def _validate(self) -> None:
+        if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers.strip():
+            raise ConfigError(
+                "bootstrap_servers must be a non-empty 'host:port[,host:port]' string"
+            )
+        if not isinstance(self.group_id, str) or not self.group_id.strip():
+            raise ConfigError("group_id must be a non-empty string")
+        if not self.topics:
+            raise ConfigError("topics must name at least one topic")
+        for topic in self.topics:
+            if not isinstance(topic, str) or not topic.strip():
+                raise ConfigError(f"topics: {topic!r} is not a topic name")
+        if len(set(self.topics)) != len(self.topics):
+            raise ConfigError(f"topics: duplicate names in {list(self.topics)}")
+        _require_int("workers", self.workers, minimum=1)
+        _require_int("max_in_flight", self.max_in_flight, minimum=1)
+        _require_int("crash_limit", self.crash_limit, minimum=1)
+        _require_int("max_batch_size", self.max_batch_size, minimum=1)
+        if self.batch_size is not None:
+            _require_int("batch_size", self.batch_size, minimum=1)
+        if self.max_tasks_per_worker is not None:
+            _require_int("max_tasks_per_worker", self.max_tasks_per_worker, minimum=1)
+        _require_seconds("revoke_timeout", self.revoke_timeout, allow_zero=True)
+        _require_seconds("commit_interval", self.commit_interval)
+        _require_seconds("connect_timeout", self.connect_timeout)
+        for name in ("task_timeout", "heartbeat_timeout", "max_worker_rss_mb"):
+            value = getattr(self, name)
+            if value is not None:
+                _require_seconds(name, value)
+        self._validate_kafka_config()
+
+    def _validate_kafka_config(self) -> None:
+        for key, value in self.kafka_config.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"kafka_config: key {key!r} is not a string")
+            if not isinstance(value, str | int | float | bool):
+                raise ConfigError(f"kafka_config[{key!r}]: value must be str, int, float or bool")
+        for key, required in REQUIRED_KAFKA_SETTINGS.items():
+            if key in self.kafka_config and _as_bool_setting(self.kafka_config[key]) != required:
+                raise ConfigError(
+                    f"kafka_config[{key!r}] cannot be changed: procpool-kafka commits explicit "
+                    "offsets only after records are handled"
+                )
+        for key, ours in (
+            ("bootstrap.servers", self.bootstrap_servers),
+            ("group.id", self.group_id),
+        ):
+            if key in self.kafka_config and str(self.kafka_config[key]) != ours:
+                raise ConfigError(
+                    f"kafka_config[{key!r}] conflicts with the {key.replace('.', '_')} setting"
+                )
+
+    def librdkafka_settings(self) -> dict[str, KafkaValue]:
+        """The full librdkafka configuration of the consumer."""
+        settings: dict[str, KafkaValue] = dict(DEFAULT_KAFKA_SETTINGS)
+        settings.update(self.kafka_config)
+        settings.update(REQUIRED_KAFKA_SETTINGS)
+        settings["bootstrap.servers"] = self.bootstrap_servers
+        settings["group.id"] = self.group_id
+        return settings
+
+    def client_settings(self) -> dict[str, KafkaValue]:
+        """Settings shared by the admin client and producers: connection and security only."""
+        consumer_only = (
+            "group.",
+            "auto.",
+            "enable.auto",
+            "partition.assignment",
+            "session.",
+            "heartbeat.",
+            "max.poll",
+            "fetch.",
+            "isolation.",
+            "queued.",
+            "enable.partition.eof",
+            "check.crcs",
+            "group.instance",
+        )
+        settings = {
+            k: v for k, v in self.librdkafka_settings().items() if not k.startswith(consumer_only)
+        }
+        return settings
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={redact(value) if name == 'kafka_config' else value!r}"
+            for name, value in self.__dict__.items()
+        )
+        return f"ConsumerConfig({fields})"
+
+
+def _require_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _require_seconds(name: str, value: object, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be {bound}, got {value}")

@@ -1,0 +1,75 @@
+"""Handlers for integration tests: module-level so worker processes import them.
+
+Each appends JSON lines to a store file (O_APPEND writes of one line are atomic), one
+``{"event": "start"|"done", ...}`` line per call. What a handler does is scripted by the
+record's value:
+
+    ok:...            return
+    fail:...          raise ValueError
+    crash:...         os._exit(3) (the worker dies)
+    hang:...          sleep for an hour (a stuck handler)
+    slow:SECONDS:...  sleep SECONDS, then return
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from procpool_kafka import Record
+
+
+def _write(store: str, event: str, record: Record, **extra: Any) -> None:
+    line = json.dumps(
+        {
+            "event": event,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "pid": os.getpid(),
+            "time": time.time(),
+            **extra,
+        }
+    )
+    fd = os.open(store, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def scripted(store: str, record: Record) -> None:
+    """Behave as the record's value says; write start and done lines to ``store``."""
+    _write(store, "start", record)
+    value = (record.value or b"").decode(errors="replace")
+    command, _, rest = value.partition(":")
+    if command == "fail":
+        raise ValueError(f"scripted failure of {record.topic}@{record.offset}")
+    if command == "crash":
+        os._exit(3)
+    if command == "hang":
+        time.sleep(3600)
+    if command == "slow":
+        time.sleep(float(rest.split(":", 1)[0]))
+    _write(store, "done", record)
+
+
+def plain(store: str, record: Record) -> None:
+    """Succeed for every record, whatever its value says."""
+    _write(store, "start", record)
+    _write(store, "done", record)
+
+
+def read_store(store: str | Path, event: str = "done") -> list[dict[str, Any]]:
+    path = Path(store)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [entry for entry in map(json.loads, lines) if entry["event"] == event]
+
+
+def coordinates(store: str | Path, event: str = "done") -> set[tuple[str, int, int]]:
+    return {(e["topic"], e["partition"], e["offset"]) for e in read_store(store, event)}

@@ -1,0 +1,91 @@
+"""ConsumerConfig validation and handler checks: clear errors before consuming."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from procpool_kafka import ConfigError, ConsumerConfig, HandlerLoadError, ProcPoolConsumer, Record
+
+BASE: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:9092", "group_id": "g", "topics": ["t"]}
+
+
+def config(**overrides: Any) -> ConsumerConfig:
+    return ConsumerConfig(**{**BASE, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"workers": 0}, "workers must be >= 1"),
+        ({"workers": 1.5}, "workers must be a whole number"),
+        ({"max_in_flight": 0}, "max_in_flight must be >= 1"),
+        ({"revoke_timeout": -1}, "revoke_timeout must be >= 0"),
+        ({"task_timeout": 0}, "task_timeout must be > 0"),
+        ({"heartbeat_timeout": -5}, "heartbeat_timeout must be > 0"),
+        ({"commit_interval": "1"}, "commit_interval must be a number of seconds"),
+        ({"crash_limit": 0}, "crash_limit must be >= 1"),
+        ({"topics": []}, "topics must name at least one topic"),
+        ({"topics": ["a", ""]}, "is not a topic name"),
+        ({"topics": ["a", "a"]}, "duplicate"),
+        ({"group_id": ""}, "group_id must be a non-empty string"),
+        ({"bootstrap_servers": " "}, "bootstrap_servers must be"),
+        ({"kafka_config": {"enable.auto.commit": "true"}}, "cannot be changed"),
+        ({"kafka_config": {"enable.auto.offset.store": True}}, "cannot be changed"),
+        ({"kafka_config": {"group.id": "other"}}, "conflicts with the group_id"),
+        ({"kafka_config": {"x": [1]}}, "value must be"),
+    ],
+)
+def test_invalid_values_name_the_setting(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config(**overrides)
+
+
+def test_required_settings_win_and_defaults_are_overridable() -> None:
+    settings = config(
+        kafka_config={"enable.auto.commit": "false", "auto.offset.reset": "latest"}
+    ).librdkafka_settings()
+    assert settings["enable.auto.commit"] is False
+    assert settings["enable.auto.offset.store"] is False
+    assert settings["auto.offset.reset"] == "latest"
+    assert settings["partition.assignment.strategy"] == "cooperative-sticky"
+    assert settings["group.id"] == "g"
+
+
+def test_single_topic_string_and_default_workers() -> None:
+    cfg = config(topics="alone")
+    assert list(cfg.topics) == ["alone"]
+    assert cfg.worker_count >= 1
+
+
+def test_secrets_are_redacted_in_repr() -> None:
+    cfg = config(kafka_config={"sasl.password": "hunter2", "ssl.key.password": "k"})
+    assert "hunter2" not in repr(cfg)
+    assert "[redacted]" in repr(cfg)
+
+
+def handle(record: Record) -> None:
+    """A valid module-level handler."""
+
+
+def test_handler_must_be_callable() -> None:
+    with pytest.raises(HandlerLoadError, match="not callable"):
+        ProcPoolConsumer(config(), "not a function")  # type: ignore[arg-type]
+
+
+def test_handler_must_be_picklable() -> None:
+    lock = threading.Lock()
+
+    def uses_lock(record: Record) -> None:
+        with lock:
+            pass
+
+    with pytest.raises(HandlerLoadError, match="cannot be pickled"):
+        ProcPoolConsumer(config(), uses_lock)
+
+
+def test_lambda_handler_is_accepted() -> None:
+    ProcPoolConsumer(config(), lambda record: None)
+    ProcPoolConsumer(config(), handle)
