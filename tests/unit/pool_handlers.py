@@ -1,0 +1,94 @@
+"""Handlers for tests/unit/test_pool.py, importable by the pool's worker processes.
+
+``command`` reads the record's value as a small command language, so one
+handler covers every behaviour the tests need:
+
+    ok                  return
+    fail:TEXT           raise ValueError(TEXT)
+    sleep:SECONDS       time.sleep (pure C, releases the GIL)
+    spin:SECONDS        a pure-Python busy loop (holds the GIL between switches)
+    gilsleep:SECONDS    sleep in C *holding* the GIL (a worker wedged in C code)
+    waitfile:PATH       poll until PATH exists (at most 30 s), then return
+    sysexit             sys.exit(3)
+    _exit:CODE          os._exit(CODE)
+    segv                a real segmentation fault
+    unpicklable         raise an exception that cannot be pickled
+    grow:MB             keep MB more megabytes alive in this process
+    mpchild             start and join a multiprocessing child process
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+from procpool_kafka.records import Record
+
+_hoard: list[bytes] = []
+
+
+class UnpicklableError(Exception):
+    """An exception holding a lock: pickling it fails."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("UnpicklableError cannot be pickled")
+
+
+def command(record: Record) -> None:
+    text = (record.value or b"ok").decode()
+    verb, _, argument = text.partition(":")
+    if verb == "ok":
+        return
+    if verb == "fail":
+        raise ValueError(argument)
+    if verb == "sleep":
+        time.sleep(float(argument))
+        return
+    if verb == "spin":
+        deadline = time.monotonic() + float(argument)
+        while time.monotonic() < deadline:
+            pass
+        return
+    if verb == "gilsleep":
+        ctypes.PyDLL(None).sleep(int(argument))  # PyDLL: the GIL stays held
+        return
+    if verb == "waitfile":
+        deadline = time.monotonic() + 30.0
+        while not Path(argument).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return
+    if verb == "sysexit":
+        sys.exit(3)
+    if verb == "_exit":
+        os._exit(int(argument))
+    if verb == "segv":
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file
+        ctypes.string_at(0)
+        return
+    if verb == "unpicklable":
+        raise UnpicklableError("holds a lock")
+    if verb == "grow":
+        _hoard.append(b"\x01" * (int(argument) * 1024 * 1024))
+        return
+    if verb == "mpchild":
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(0,))
+        child.start()
+        child.join(30.0)
+        if child.exitcode != 0:
+            raise RuntimeError(f"child exit code {child.exitcode}")
+        return
+    raise AssertionError(f"unknown command {text!r}")
+
+
+def noop(record: Record) -> None:
+    """The cheapest handler (benchmarks)."""
