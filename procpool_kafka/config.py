@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from procpool_kafka.errors import ConfigError
+from procpool_kafka.retry import RetryPolicy, policy_for, validate_policies
 
 KafkaValue = str | int | float | bool
 
@@ -26,6 +27,8 @@ REQUIRED_KAFKA_SETTINGS: dict[str, KafkaValue] = {
 DEFAULT_KAFKA_SETTINGS: dict[str, KafkaValue] = {
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
+    # librdkafka's prefetch queue is memory too: 16 MiB instead of its 64 MiB default
+    "queued.max.messages.kbytes": 16384,
 }
 
 _SECRET_MARKERS = ("password", "secret", "sasl.jaas", "oauthbearer.config", "key.pem", "token")
@@ -90,12 +93,22 @@ class ConsumerConfig:
     connect_timeout: float = 30.0
     #: extra librdkafka settings (passed through; secrets are never logged)
     kafka_config: Mapping[str, KafkaValue] = field(default_factory=dict)
+    #: retry and dead-letter routing, per base topic (see procpool_kafka.retry.RetryPolicy)
+    retry: Sequence[RetryPolicy] = ()
+    #: create missing retry and dead-letter topics (with the base topic's partition count)
+    create_topics: bool = False
+    #: extra librdkafka settings for the retry/DLQ producer only
+    producer_config: Mapping[str, KafkaValue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.topics, str):
             object.__setattr__(self, "topics", [self.topics])
         object.__setattr__(self, "topics", list(self.topics))
         object.__setattr__(self, "kafka_config", dict(self.kafka_config))
+        object.__setattr__(self, "producer_config", dict(self.producer_config))
+        if isinstance(self.retry, RetryPolicy):
+            object.__setattr__(self, "retry", [self.retry])
+        object.__setattr__(self, "retry", list(self.retry))
         if self.workers is None:
             object.__setattr__(self, "workers", os.cpu_count() or 1)
         self._validate()
@@ -135,6 +148,46 @@ class ConsumerConfig:
             if value is not None:
                 _require_seconds(name, value)
         self._validate_kafka_config()
+        self._validate_retry()
+
+    def _validate_retry(self) -> None:
+        for policy in self.retry:
+            if not isinstance(policy, RetryPolicy):
+                raise ConfigError(f"retry: {policy!r} is not a RetryPolicy")
+            if not any(policy.matches(topic) for topic in self.topics):
+                raise ConfigError(f"retry policy for {policy.name} matches none of the topics")
+        validate_policies(list(self.retry))
+        for topic in self.topics:
+            if any(topic in p.retry_topics or topic == p.dlq_topic for p in self.retry):
+                raise ConfigError(
+                    f"topics: {topic!r} is a retry or dead-letter topic; list base topics only"
+                )
+
+    def policy_of(self, base_topic: str) -> RetryPolicy | None:
+        """The retry policy of a base topic, or None."""
+        return policy_for(list(self.retry), base_topic)
+
+    def retry_topics(self) -> list[str]:
+        """Every retry tier of the policies of the configured topics."""
+        found: list[str] = []
+        for topic in self.topics:
+            policy = self.policy_of(topic)
+            for retry_topic in policy.retry_topics if policy else ():
+                if retry_topic not in found:
+                    found.append(retry_topic)
+        return found
+
+    def dlq_topics(self) -> list[str]:
+        found: list[str] = []
+        for topic in self.topics:
+            policy = self.policy_of(topic)
+            if policy and policy.dlq_topic and policy.dlq_topic not in found:
+                found.append(policy.dlq_topic)
+        return found
+
+    def subscribed_topics(self) -> list[str]:
+        """Base topics and their retry topics: all consumed side by side."""
+        return [*self.topics, *self.retry_topics()]
 
     def _validate_kafka_config(self) -> None:
         for key, value in self.kafka_config.items():
@@ -188,9 +241,17 @@ class ConsumerConfig:
         }
         return settings
 
+    def producer_settings(self) -> dict[str, KafkaValue]:
+        """The retry/dead-letter producer: idempotent, acknowledged by all in-sync replicas."""
+        settings = self.client_settings()
+        settings.update({"linger.ms": 5})
+        settings.update(self.producer_config)
+        settings.update({"enable.idempotence": True, "acks": "all"})
+        return settings
+
     def __repr__(self) -> str:
         fields = ", ".join(
-            f"{name}={redact(value) if name == 'kafka_config' else value!r}"
+            f"{name}={redact(value) if name.endswith('_config') else value!r}"
             for name, value in self.__dict__.items()
         )
         return f"ConsumerConfig({fields})"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -35,6 +35,7 @@ import cloudpickle
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from procpool_kafka.config import ConsumerConfig, redact
 from procpool_kafka.dispatch import BatchSizer, Dispatcher
@@ -47,9 +48,20 @@ from procpool_kafka.errors import (
 )
 from procpool_kafka.metrics import Counters, RunSummary
 from procpool_kafka.offsets import OffsetTracker
+from procpool_kafka.outcomes import FailureRouter
 from procpool_kafka.pausing import PauseBook, PauseReason
 from procpool_kafka.pool import HandlerError, PoolEvent, RecordAborted, RecordFinished, WorkerPool
-from procpool_kafka.records import Record, TopicPartition, record_from_message
+from procpool_kafka.records import Record, TopicPartition, message_headers, record_from_message
+from procpool_kafka.retry import (
+    Decision,
+    DelaySchedule,
+    MalformedRetryHeaders,
+    RetryInfo,
+    RetryPolicy,
+    exception_type_names,
+    read_retry_headers,
+    retry_policy_for,
+)
 from procpool_kafka.supervisor import KillReason, Supervisor, running_in
 
 log = logging.getLogger(__name__)
@@ -63,6 +75,12 @@ BUSY_POLL_SECONDS = 0.01
 IDLE_POLL_SECONDS = 0.1
 #: most messages taken from one consume() call
 MAX_CONSUME_BATCH = 1000
+#: at max_in_flight the loop first just stops fetching (librdkafka keeps what it prefetched);
+#: only when that lasts this long are the partitions paused, so that consume() can be called
+#: again (rebalance callbacks, max.poll.interval.ms) without taking more records. A pause costs
+#: librdkafka's prefetched records and about 0.7 s of refetch latency on resume (measured), so
+#: light handlers must not pay it on every fill.
+PAUSE_AFTER_FULL_SECONDS = 1.0
 #: resume backpressure-paused partitions when in-flight falls to this share of max_in_flight
 RESUME_FRACTION = 0.75
 
@@ -74,6 +92,7 @@ class _InFlight:
     record: Record
     task_id: int | None = None  # pool task running it; None while waiting to be dispatched
     crashes: int = 0
+    retry_info: RetryInfo | None = None  # what its retry headers said (retry topics only)
 
 
 def _key(record: Record) -> RecordKey:
@@ -86,6 +105,10 @@ def _failure(failure_type: type[BaseException], message: str) -> HandlerError:
         message=message,
         traceback="",
     )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class ProcPoolConsumer:
@@ -115,11 +138,15 @@ class ProcPoolConsumer:
         self._inflight: dict[RecordKey, _InFlight] = {}
         self._owned: set[TopicPartition] = set()
         self._backpressure = False
+        self._full_since: float | None = None
         self._last_commit = 0.0
         self._pool: WorkerPool | None = None
         self._consumer: Consumer | None = None
         self._dispatcher: Dispatcher | None = None
         self._pauses: PauseBook | None = None
+        self._router: FailureRouter | None = None
+        self._schedule = DelaySchedule()
+        self._retry_policies: list[RetryPolicy] = list(config.retry)
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -177,29 +204,39 @@ class ProcPoolConsumer:
             raise ConfigError(f"invalid Kafka consumer settings: {error}") from error
         self._consumer = consumer
         self._pauses = PauseBook(self._pause, self._resume, self._seek)
+        self._router = FailureRouter(
+            self._retry_policies,
+            self._config.group_id,
+            self._with_logger(self._config.producer_settings()),
+            self._routed,
+            self._counters,
+        )
         consumer.subscribe(
-            list(self._config.topics),
+            self._config.subscribed_topics(),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
         log.info(
             "consuming %s as group %r with %d workers",
-            ", ".join(self._config.topics),
+            ", ".join(self._config.subscribed_topics()),
             self._config.group_id,
             pool.size,
         )
 
     def _kafka_settings(self) -> dict[str, Any]:
-        settings: dict[str, Any] = dict(self._config.librdkafka_settings())
-        settings["logger"] = logging.getLogger("procpool_kafka.librdkafka")
+        settings = self._with_logger(self._config.librdkafka_settings())
         settings["on_commit"] = self._on_commit
         return settings
 
+    @staticmethod
+    def _with_logger(settings: Mapping[str, Any]) -> dict[str, Any]:
+        """librdkafka logs go to Python logging (never to stderr directly)."""
+        return {**settings, "logger": logging.getLogger("procpool_kafka.librdkafka")}
+
     def _check_cluster(self) -> None:
         """Fail early and clearly: broker unreachable, or topics missing."""
-        settings: dict[str, Any] = dict(self._config.client_settings())
-        settings["logger"] = logging.getLogger("procpool_kafka.librdkafka")
+        settings = self._with_logger(self._config.client_settings())
         try:
             admin = AdminClient(settings)
         except KafkaException as error:
@@ -212,15 +249,48 @@ class ProcPoolConsumer:
                 f"cannot reach Kafka at {self._config.bootstrap_servers} within {timeout:g}s: "
                 f"{error.args[0].str() if error.args else error}"
             ) from error
-        missing = [
-            topic
-            for topic in self._config.topics
-            if topic not in metadata.topics or metadata.topics[topic].error is not None
-        ]
+        existing = {
+            name: len(topic.partitions)
+            for name, topic in metadata.topics.items()
+            if topic.error is None
+        }
+        missing = [topic for topic in self._config.topics if topic not in existing]
         if missing:
             raise TopicNotFoundError(
                 f"topic(s) not found on {self._config.bootstrap_servers}: {', '.join(missing)}"
             )
+        routing = [*self._config.retry_topics(), *self._config.dlq_topics()]
+        missing = [topic for topic in routing if topic not in existing]
+        if missing and not self._config.create_topics:
+            raise TopicNotFoundError(
+                f"retry/dead-letter topic(s) not found on {self._config.bootstrap_servers}: "
+                f"{', '.join(missing)} (create them, or set create_topics)"
+            )
+        if missing:
+            self._create_routing_topics(admin, missing, existing)
+
+    def _create_routing_topics(
+        self, admin: AdminClient, missing: list[str], existing: dict[str, int]
+    ) -> None:
+        """Create retry/DLQ topics with the partition count of the base topics they serve."""
+        partitions: dict[str, int] = {}
+        for base in self._config.topics:
+            policy = self._config.policy_of(base)
+            for topic in (*policy.retry_topics, policy.dlq_topic) if policy else ():
+                if topic in missing:
+                    partitions[topic] = max(partitions.get(topic, 1), existing[base])
+        futures = admin.create_topics(
+            [NewTopic(topic, count, -1) for topic, count in partitions.items()],
+            operation_timeout=self._config.connect_timeout,
+        )
+        for topic, future in futures.items():
+            try:
+                future.result(timeout=self._config.connect_timeout)
+            except KafkaException as error:
+                if error.args and error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                raise TopicNotFoundError(f"could not create topic {topic}: {error}") from error
+            log.info("created topic %s with %d partitions", topic, partitions[topic])
 
     def stop(self) -> None:
         """Ask ``run()`` to stop gracefully; safe to call from any thread or signal handler."""
@@ -236,6 +306,8 @@ class ProcPoolConsumer:
                 self._consumer.close()
             except (KafkaException, RuntimeError) as error:
                 log.warning("closing the Kafka consumer failed: %s", error)
+        if self._router is not None:
+            self._router.close()
         if self._pool is not None:
             self._pool.close()
 
@@ -255,16 +327,26 @@ class ProcPoolConsumer:
     def _step(self) -> None:
         pool, consumer = self._require_pool(), self._require_consumer()
         self._handle_events(pool.collect(0))
+        self._require_router().poll()
+        self._release_due()
         self._supervise()
         self._require_dispatcher().fill(self._submitted)
         self._apply_backpressure()
         capacity = self._config.max_in_flight - len(self._inflight)
-        if capacity <= 0 or self._all_paused():
+        wait = IDLE_POLL_SECONDS
+        next_due = self._schedule.next_due_ms()
+        if next_due is not None:
+            wait = min(wait, max(0.0, (next_due - _now_ms()) / 1000))
+        if capacity <= 0 and not self._backpressure:
+            # full: take nothing more for now, wait for outcomes (see PAUSE_AFTER_FULL_SECONDS)
+            self._handle_events(pool.collect(min(wait, BUSY_POLL_SECONDS * 5)))
+            messages = []
+        elif capacity <= 0 or self._all_paused():
             # nothing to fetch: wait on the workers instead, then let librdkafka serve callbacks
-            self._handle_events(pool.collect(IDLE_POLL_SECONDS if pool.outstanding() else 0))
-            messages = consumer.consume(1, timeout=0 if pool.outstanding() else IDLE_POLL_SECONDS)
+            self._handle_events(pool.collect(wait if pool.outstanding() else 0))
+            messages = consumer.consume(1, timeout=0 if pool.outstanding() else wait)
         else:
-            timeout = BUSY_POLL_SECONDS if pool.outstanding() else IDLE_POLL_SECONDS
+            timeout = min(wait, BUSY_POLL_SECONDS) if pool.outstanding() else wait
             messages = consumer.consume(min(capacity, MAX_CONSUME_BATCH), timeout=timeout)
         self._accept(messages)
         self._commit_if_due()
@@ -288,15 +370,56 @@ class ProcPoolConsumer:
             if tp not in self._owned:
                 continue
             if pauses.is_paused(tp) or len(self._inflight) >= self._config.max_in_flight:
+                # pause() does not un-deliver what was already fetched: fetch it again later
                 pauses.discarded(tp, offset)
-                pauses.pause([tp], PauseReason.BACKPRESSURE)
-                self._backpressure = True
+                if not pauses.is_paused(tp):
+                    pauses.pause([tp], PauseReason.BACKPRESSURE)
+                    self._backpressure = True
                 continue
-            record = record_from_message(message)
+            retry_info = self._retry_info(message, topic)
+            attempt = 1 if retry_info is None else retry_info.attempt
+            record = record_from_message(message, attempt=attempt)
             self._tracker.received(tp, offset)
-            self._inflight[(topic, partition, offset)] = _InFlight(record)
+            self._inflight[(topic, partition, offset)] = _InFlight(record, retry_info=retry_info)
             self._counters.consumed[topic] += 1
-            dispatcher.enqueue(record)
+            if retry_info is not None and retry_info.not_before_ms > _now_ms():
+                # not due: hold it here and pause its partition until it is
+                log.debug("holding %r until %d", record, retry_info.not_before_ms)
+                self._schedule.hold(tp, record, retry_info.not_before_ms)
+                pauses.pause([tp], PauseReason.NOT_DUE)
+            else:
+                dispatcher.enqueue(record)
+
+    def _retry_info(self, message: Message, topic: str) -> RetryInfo | None:
+        """Our retry headers, honoured on configured retry topics only (invariant 6)."""
+        policy = retry_policy_for(self._retry_policies, topic)
+        if policy is None:
+            return None
+        now_ms = _now_ms()
+        try:
+            return read_retry_headers(message_headers(message), now_ms, policy.backoff.max_delay)
+        except MalformedRetryHeaders as error:
+            log.warning(
+                "%s[%s]@%s has malformed retry headers (%s); treating it as its last attempt",
+                topic,
+                message.partition(),
+                message.offset(),
+                error,
+            )
+            return RetryInfo(policy.max_attempts, now_ms, None, None, None, None)
+
+    def _release_due(self) -> None:
+        """Dispatch held retry records whose not-before passed; resume their partitions."""
+        if not len(self._schedule):
+            return
+        due = self._schedule.pop_due(_now_ms())
+        for record in due:
+            log.debug("%r is due", record)
+            self._require_dispatcher().enqueue(record)
+        if due:
+            self._require_pauses().release(
+                [record.topic_partition for record in due], PauseReason.NOT_DUE
+            )
 
     def _on_message_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
@@ -324,7 +447,9 @@ class ProcPoolConsumer:
                     self._counters.succeeded[event.record.topic] += 1
                     self._complete(entry)
                 else:
-                    self._fail(entry, event.error)
+                    self._fail(
+                        entry, event.error, event.error.type_names or [event.error.type_name]
+                    )
             else:
                 self._on_aborted(entry, event)
 
@@ -337,7 +462,8 @@ class ProcPoolConsumer:
                 reason = None
             failure = reason.failure if reason is not None else None
             if failure is not None:
-                self._fail(entry, _failure(failure, f"worker {event.pid} killed: {event.reason}"))
+                error = _failure(failure, f"worker {event.pid} killed: {event.reason}")
+                self._fail(entry, error, exception_type_names(failure))
             else:
                 # killed at a revoke, stop or loss deadline: not done, the next owner runs it
                 self._inflight.pop(_key(record), None)
@@ -348,7 +474,7 @@ class ProcPoolConsumer:
             message = (
                 f"worker died {entry.crashes} times running this record (last: {event.reason})"
             )
-            self._fail(entry, _failure(WorkerCrashed, message))
+            self._fail(entry, _failure(WorkerCrashed, message), exception_type_names(WorkerCrashed))
             return
         log.warning(
             "worker %d died (%s) running %r; dispatching it again (%d/%d)",
@@ -361,21 +487,19 @@ class ProcPoolConsumer:
         entry.task_id = None
         self._require_dispatcher().requeue_front(record)
 
-    def _fail(self, entry: _InFlight, error: HandlerError) -> None:
-        """A record failed for good (until retry topics land): log it and mark it done."""
-        record = entry.record
-        self._counters.failed[record.topic] += 1
-        log.error(
-            "handler failed for %s[%d]@%d (attempt %d): %s: %s\n%s",
-            record.topic,
-            record.partition,
-            record.offset,
-            record.attempt,
-            error.type_name,
-            error.message,
-            error.traceback,
-        )
-        self._complete(entry)
+    def _fail(self, entry: _InFlight, error: HandlerError, error_types: Sequence[str]) -> None:
+        """A handler attempt failed: the router copies it to a retry or dead-letter topic.
+
+        The record stays in flight (its offset not done) until the copy is acknowledged.
+        """
+        entry.task_id = None
+        self._require_router().route(entry.record, error, error_types, entry.retry_info)
+
+    def _routed(self, record: Record, _decision: Decision) -> None:
+        """The failed record's copy was acknowledged (or it needs none): its offset is done."""
+        entry = self._inflight.get(_key(record))
+        if entry is not None and entry.record is record:
+            self._complete(entry)
 
     def _complete(self, entry: _InFlight) -> None:
         record = entry.record
@@ -402,9 +526,15 @@ class ProcPoolConsumer:
         pauses = self._require_pauses()
         in_flight = len(self._inflight)
         limit = self._config.max_in_flight
-        if in_flight >= limit:
-            pauses.pause(self._owned, PauseReason.BACKPRESSURE)
-            self._backpressure = True
+        if in_flight < limit:
+            self._full_since = None
+        elif self._full_since is None:
+            self._full_since = time.monotonic()
+        if self._full_since is not None:
+            if time.monotonic() - self._full_since >= PAUSE_AFTER_FULL_SECONDS:
+                # full for a while: pause (also partitions assigned meanwhile) and poll again
+                pauses.pause(self._owned, PauseReason.BACKPRESSURE)
+                self._backpressure = True
         elif self._backpressure and in_flight <= int(limit * RESUME_FRACTION):
             pauses.release(pauses.paused_by(PauseReason.BACKPRESSURE), PauseReason.BACKPRESSURE)
             self._backpressure = False
@@ -433,6 +563,7 @@ class ProcPoolConsumer:
         self._counters.rebalances += 1
         log.warning("lost: %s; their work is dropped without commit", _describe(tps))
         self._require_dispatcher().drop(tps)
+        self._schedule.drop(tps)
         self._require_pool().cancel(lambda record: record.topic_partition in tps)
         self._supervisor.orphan(tps, time.monotonic() + self._config.revoke_timeout)
         self._forget(tps)
@@ -441,14 +572,15 @@ class ProcPoolConsumer:
         """Drop unstarted work of ``tps``, wait for its running work, kill it at the deadline."""
         pool = self._require_pool()
         dispatcher = self._require_dispatcher()
-        for record in dispatcher.drop(tps):
+        router = self._require_router()
+        for record in [*dispatcher.drop(tps), *self._schedule.drop(tps)]:
             self._inflight.pop(_key(record), None)
         pool.cancel(lambda record: record.topic_partition in tps)
         deadline = time.monotonic() + timeout
         killed: set[int] = set()
         while True:
             unsettled = self._unsettled_tasks(tps)
-            if not unsettled:
+            if not unsettled and not router.pending(tps):
                 break
             now = time.monotonic()
             if now >= deadline:
@@ -462,6 +594,7 @@ class ProcPoolConsumer:
                     log.error("workers of %s did not settle after the kill", _describe(tps))
                     break
             self._handle_events(pool.collect(0.05))
+            router.poll()
             dispatcher.fill(self._submitted)  # kept partitions keep running meanwhile
 
     def _unsettled_tasks(self, tps: set[TopicPartition]) -> set[int]:
@@ -481,6 +614,7 @@ class ProcPoolConsumer:
         for tp in tps:
             self._tracker.forget(tp)
         self._require_pauses().forget(tps)
+        self._require_router().forget(tps)
         self._owned.difference_update(tps)
 
     # ------------------------------------------------------------------ commits
@@ -570,6 +704,11 @@ class ProcPoolConsumer:
         if self._dispatcher is None:
             raise RuntimeError("the consumer is not open")
         return self._dispatcher
+
+    def _require_router(self) -> FailureRouter:
+        if self._router is None:
+            raise RuntimeError("the consumer is not open")
+        return self._router
 
     def _require_pauses(self) -> PauseBook:
         if self._pauses is None:

@@ -15,6 +15,8 @@ class Counters:
     failed: Counter[str] = field(default_factory=Counter)  # handler failures, any outcome
     retried: Counter[str] = field(default_factory=Counter)
     dead_lettered: Counter[str] = field(default_factory=Counter)
+    produce_failures: Counter[str] = field(default_factory=Counter)  # by destination topic
+    unroutable: Counter[str] = field(default_factory=Counter)  # copies too large to produce
     worker_kills: Counter[str] = field(default_factory=Counter)  # by reason
     worker_crashes: int = 0
     rebalances: int = 0

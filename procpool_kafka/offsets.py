@@ -52,7 +52,9 @@ class OffsetTracker:
         Offsets arrive in ascending order per partition; an offset at or below the last one
         received (a re-fetch after a seek back) is already tracked and is ignored.
         """
-        state = self._partitions.setdefault(tp, _PartitionOffsets())
+        state = self._partitions.get(tp)
+        if state is None:
+            state = self._partitions[tp] = _PartitionOffsets()
         if offset <= state.last_received:
             return
         state.last_received = offset

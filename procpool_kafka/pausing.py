@@ -45,6 +45,7 @@ class PauseBook:
                 newly.append(tp)
             reasons.add(reason)
         if newly:
+            log.debug("pausing %s (%s)", newly, reason.value)
             self._pause(newly)
 
     def release(self, partitions: Iterable[TopicPartition], reason: PauseReason) -> None:
@@ -60,8 +61,10 @@ class PauseBook:
         for tp in freed:
             offset = self._resume_at.pop(tp, None)
             if offset is not None:
+                log.debug("seeking %s back to %d before resuming it", tp, offset)
                 self._seek(tp, offset)
         if freed:
+            log.debug("resuming %s (%s released)", freed, reason.value)
             self._resume(freed)
 
     def is_paused(self, tp: TopicPartition) -> bool:

@@ -56,10 +56,15 @@ class Record:
         )
 
 
+def message_headers(message: Any) -> Headers:
+    """A confluent-kafka message's headers as (name, bytes) pairs (None values become b"")."""
+    raw_headers = message.headers() or []
+    return [(name, value if value is not None else b"") for name, value in raw_headers]
+
+
 def record_from_message(message: Any, attempt: int = 1) -> Record:
     """Convert a confluent-kafka ``Message`` into a :class:`Record`."""
-    raw_headers = message.headers() or []
-    headers: Headers = [(name, value if value is not None else b"") for name, value in raw_headers]
+    headers = message_headers(message)
     timestamp_type, timestamp = message.timestamp()
     return Record(
         topic=message.topic(),

@@ -72,6 +72,10 @@ class KafkaTestEnv:
             p.leader >= 0 for p in metadata.partitions.values()
         )
 
+    def track(self, *names: str) -> None:
+        """Delete these topics (created by the code under test) at the end of the test."""
+        self._created.extend(names)
+
     def delete_topic(self, name: str) -> None:
         futures = self.admin.delete_topics([name], operation_timeout=30)
         futures[name].result(timeout=30)
@@ -152,7 +156,12 @@ class KafkaTestEnv:
         finally:
             consumer.close()
 
-    def consume_all(self, topic: str, expected: int, timeout: float = 30.0) -> list[object]:
+    def fully_committed(self, group: str, topic: str) -> bool:
+        """Every non-empty partition of ``topic`` has ``group``'s commit at its end offset."""
+        committed = self.committed(group, topic)
+        return all(committed[p] == end for p, end in self.end_offsets(topic).items() if end > 0)
+
+    def consume_all(self, topic: str, expected: int, timeout: float = 30.0) -> list[Message]:
         """Read ``expected`` messages of ``topic`` from the beginning (no group commits)."""
         consumer = Consumer(
             {
@@ -162,7 +171,7 @@ class KafkaTestEnv:
                 "enable.auto.commit": False,
             }
         )
-        messages: list[object] = []
+        messages: list[Message] = []
         try:
             consumer.subscribe([topic])
             deadline = time.monotonic() + timeout

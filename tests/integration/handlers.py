@@ -6,6 +6,7 @@ record's value:
 
     ok:...            return
     fail:...          raise ValueError
+    failuntil:N:...   raise RuntimeError while record.attempt < N
     crash:...         os._exit(3) (the worker dies)
     hang:...          sleep for an hour (a stuck handler)
     slow:SECONDS:...  sleep SECONDS, then return
@@ -29,6 +30,8 @@ def _write(store: str, event: str, record: Record, **extra: Any) -> None:
             "topic": record.topic,
             "partition": record.partition,
             "offset": record.offset,
+            "attempt": record.attempt,
+            "value": (record.value or b"").decode(errors="replace"),
             "pid": os.getpid(),
             "time": time.time(),
             **extra,
@@ -48,6 +51,8 @@ def scripted(store: str, record: Record) -> None:
     command, _, rest = value.partition(":")
     if command == "fail":
         raise ValueError(f"scripted failure of {record.topic}@{record.offset}")
+    if command == "failuntil" and record.attempt < int(rest.split(":", 1)[0]):
+        raise RuntimeError(f"transient failure of attempt {record.attempt}")
     if command == "crash":
         os._exit(3)
     if command == "hang":

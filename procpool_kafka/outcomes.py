@@ -1,0 +1,320 @@
+"""FailureRouter: sends failed records to their retry or dead-letter topic, acknowledged.
+
+    failed record --decide()--> RETRY:       copy -> retry tier (attempt + 1, not-before)
+                                DEAD_LETTER: copy -> dead-letter topic (error headers)
+                                DROP:        log at ERROR, done at once (no DLQ configured)
+    copy --produce (idempotent, acks=all)--> delivery report --ok--> done(record)
+                                                             --error--> produce again later
+
+The original offset counts as done only when the broker acknowledged the copy; while a
+produce keeps failing it is retried with backoff and the offset stays not done, so commits
+cannot pass it. A copy the broker can never take (larger than message.max.bytes) is not
+retried forever: a retry copy goes to the dead-letter topic instead, and a dead-letter copy
+that cannot be written is logged at ERROR with its coordinates and marked done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from procpool_kafka.metrics import Counters
+from procpool_kafka.pool import HandlerError
+from procpool_kafka.records import Headers, Record, TopicPartition
+from procpool_kafka.retry import (
+    Decision,
+    RetryInfo,
+    RetryPolicy,
+    Route,
+    dead_letter_headers,
+    decide,
+    policy_for,
+    retry_headers,
+    retry_policy_for,
+)
+
+log = logging.getLogger(__name__)
+
+#: first and largest wait before a failed produce of a copy is tried again
+PRODUCE_RETRY_INITIAL_S = 0.5
+PRODUCE_RETRY_MAX_S = 30.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Copy:
+    """A copy of a failed record on its way to a retry or dead-letter topic."""
+
+    record: Record
+    decision: Decision
+    headers: Headers
+    error: HandlerError
+    failures: int = 0
+    next_try: float = 0.0  # time.monotonic() when the next produce may start
+    in_flight: bool = False
+
+
+DoneCallback = Callable[[Record, Decision], None]
+
+
+class FailureRouter:
+    """Routes failed records by their topic's RetryPolicy; reports each as done when safe."""
+
+    def __init__(
+        self,
+        policies: Sequence[RetryPolicy],
+        group_id: str,
+        producer_settings: dict[str, Any],
+        done: DoneCallback,
+        counters: Counters,
+    ) -> None:
+        self._policies = list(policies)
+        self._group_id = group_id
+        self._producer_settings = producer_settings
+        self._done = done
+        self._counters = counters
+        self._producer: Producer | None = None
+        self._copies: dict[tuple[str, int, int], _Copy] = {}
+
+    # ------------------------------------------------------------------ routing
+
+    def policy_of(self, topic: str) -> RetryPolicy | None:
+        """The policy of a base topic, or of the retry topic it owns."""
+        return retry_policy_for(self._policies, topic) or policy_for(self._policies, topic)
+
+    def route(
+        self,
+        record: Record,
+        error: HandlerError,
+        error_types: Sequence[str],
+        retry_info: RetryInfo | None,
+    ) -> None:
+        """Send ``record`` where its policy says; ``done`` is called once it is safe."""
+        now_ms = _now_ms()
+        decision = decide(self.policy_of(record.topic), record.attempt, error_types, now_ms)
+        self._counters.failed[record.topic] += 1
+        if decision.route is Route.DROP:
+            self._log_failure(record, error, "no dead-letter topic: marking it done")
+            self._done(record, decision)
+            return
+        headers = self._headers(record, error, decision, retry_info, now_ms)
+        copy = _Copy(record, decision, headers, error)
+        self._copies[(record.topic, record.partition, record.offset)] = copy
+        if decision.route is Route.RETRY:
+            log.info(
+                "%s failed (attempt %d: %s: %s); retrying via %s not before %s",
+                record,
+                record.attempt,
+                error.type_name,
+                error.message,
+                decision.topic,
+                time.strftime("%H:%M:%S", time.localtime((decision.not_before_ms or 0) / 1000)),
+            )
+        else:
+            self._log_failure(record, error, f"sending it to dead-letter topic {decision.topic}")
+        self._produce(copy)
+
+    def _headers(
+        self,
+        record: Record,
+        error: HandlerError,
+        decision: Decision,
+        retry_info: RetryInfo | None,
+        now_ms: int,
+    ) -> Headers:
+        policy = self.policy_of(record.topic)
+        assert policy is not None
+        original = (record.topic, record.partition, record.offset)
+        first_failure: int | None = None
+        if retry_info is not None:
+            if (
+                retry_info.original_topic is not None
+                and retry_info.original_partition is not None
+                and retry_info.original_offset is not None
+            ):
+                original = (
+                    retry_info.original_topic,
+                    retry_info.original_partition,
+                    retry_info.original_offset,
+                )
+            first_failure = retry_info.first_failure_ms
+        if decision.route is Route.RETRY:
+            return retry_headers(
+                record.headers,
+                attempt=decision.attempt,
+                not_before_ms=decision.not_before_ms or now_ms,
+                original=original,
+                first_failure_ms=now_ms if first_failure is None else first_failure,
+                error_type=error.type_name,
+                error_message=error.message,
+                max_message_bytes=policy.max_error_message_bytes,
+            )
+        return dead_letter_headers(
+            record.headers,
+            attempts=decision.attempt,
+            original=original,
+            first_failure_ms=first_failure,
+            error_type=error.type_name,
+            error_message=error.message,
+            traceback=error.traceback,
+            consumer_group=self._group_id,
+            failed_at_ms=now_ms,
+            max_message_bytes=policy.max_error_message_bytes,
+            max_traceback_bytes=policy.max_traceback_bytes,
+        )
+
+    def _log_failure(self, record: Record, error: HandlerError, what: str) -> None:
+        log.error(
+            "handler failed for %s[%d]@%d (attempt %d): %s: %s; %s\n%s",
+            record.topic,
+            record.partition,
+            record.offset,
+            record.attempt,
+            error.type_name,
+            error.message,
+            what,
+            error.traceback,
+        )
+
+    # ------------------------------------------------------------------ producing
+
+    def _require_producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(self._producer_settings)
+        return self._producer
+
+    def _produce(self, copy: _Copy) -> None:
+        record = copy.record
+        assert copy.decision.topic is not None
+        copy.in_flight = True
+        headers: list[tuple[str, str | bytes | None]] = list(copy.headers)
+        try:
+            self._require_producer().produce(
+                copy.decision.topic,
+                value=record.value,
+                key=record.key,
+                headers=headers,
+                on_delivery=lambda error, message: self._delivered(copy, error, message),
+            )
+        except BufferError:
+            copy.in_flight = False
+            copy.next_try = time.monotonic() + 0.05  # local queue full: try again shortly
+        except KafkaException as error:
+            self._delivered(copy, error.args[0] if error.args else None, None)
+
+    def _delivered(self, copy: _Copy, error: KafkaError | None, _message: Message | None) -> None:
+        copy.in_flight = False
+        key = (copy.record.topic, copy.record.partition, copy.record.offset)
+        if self._copies.get(key) is not copy:
+            return  # the partition was revoked meanwhile: its outcome no longer counts
+        if error is None:
+            del self._copies[key]
+            counter = (
+                self._counters.retried
+                if copy.decision.route is Route.RETRY
+                else self._counters.dead_lettered
+            )
+            counter[copy.record.topic] += 1
+            self._done(copy.record, copy.decision)
+            return
+        self._counters.produce_failures[copy.decision.topic or "?"] += 1
+        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            self._too_large(copy)
+            return
+        copy.failures += 1
+        wait = min(PRODUCE_RETRY_MAX_S, PRODUCE_RETRY_INITIAL_S * 2 ** (copy.failures - 1))
+        copy.next_try = time.monotonic() + wait
+        log.warning(
+            "producing the %s copy of %s to %s failed (%s); trying again in %.1fs, "
+            "its offset stays uncommitted",
+            copy.decision.route.value,
+            copy.record,
+            copy.decision.topic,
+            error.str(),
+            wait,
+        )
+
+    def _too_large(self, copy: _Copy) -> None:
+        """The broker will never take this copy: dead-letter it, or report it and move on."""
+        key = (copy.record.topic, copy.record.partition, copy.record.offset)
+        policy = self.policy_of(copy.record.topic)
+        if copy.decision.route is Route.RETRY and policy is not None and policy.dlq_topic:
+            log.error(
+                "the retry copy of %s is larger than the broker accepts; dead-lettering it",
+                copy.record,
+            )
+            decision = Decision(Route.DEAD_LETTER, policy.dlq_topic, copy.record.attempt, None)
+            copy.decision = decision
+            copy.headers = dead_letter_headers(
+                copy.record.headers,
+                attempts=copy.record.attempt,
+                original=(copy.record.topic, copy.record.partition, copy.record.offset),
+                first_failure_ms=None,
+                error_type=copy.error.type_name,
+                error_message=copy.error.message,
+                traceback="",
+                consumer_group=self._group_id,
+                failed_at_ms=_now_ms(),
+                max_message_bytes=policy.max_error_message_bytes,
+                max_traceback_bytes=0,
+            )
+            self._produce(copy)
+            return
+        del self._copies[key]
+        self._counters.unroutable[copy.record.topic] += 1
+        log.error(
+            "%s cannot be copied to %s: larger than the broker accepts. It stays at %s[%d]@%d "
+            "and is marked done",
+            copy.record,
+            copy.decision.topic,
+            copy.record.topic,
+            copy.record.partition,
+            copy.record.offset,
+        )
+        self._done(copy.record, Decision(Route.DROP, None, copy.record.attempt, None))
+
+    def poll(self) -> None:
+        """Serve delivery reports and produce again the copies whose wait is over."""
+        if self._producer is None:
+            return
+        self._producer.poll(0)
+        now = time.monotonic()
+        for copy in list(self._copies.values()):
+            if not copy.in_flight and copy.next_try <= now:
+                self._produce(copy)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def pending(self, partitions: Iterable[TopicPartition] | None = None) -> int:
+        """Copies not yet acknowledged (of ``partitions``, or all)."""
+        if partitions is None:
+            return len(self._copies)
+        wanted = set(partitions)
+        return sum(1 for (t, p, _o) in self._copies if (t, p) in wanted)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop caring about copies of these partitions (revoked or lost)."""
+        wanted = set(partitions)
+        for key in [k for k in self._copies if (k[0], k[1]) in wanted]:
+            del self._copies[key]
+
+    def wait(self, timeout: float) -> None:
+        """Poll until every copy is acknowledged or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while self._copies and time.monotonic() < deadline:
+            self.poll()
+            if self._producer is not None:
+                self._producer.poll(0.05)
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout)
+            self._producer = None
