@@ -1,12 +1,59 @@
-"""The procpool-kafka command line."""
+"""The ``procpool-kafka`` command: ``procpool-kafka run package.module:function [options]``.
+
+Exit codes: 0 done (stopped by a signal or, with --until-end, at the end); 1 runtime failure
+(e.g. the cluster unreachable longer than --broker-timeout, wrong credentials); 2 usage or
+configuration error; 3 with --until-end --fail-on-dlq when a record was dead-lettered;
+130 when a second Ctrl-C forced the stop.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
 
 from procpool_kafka._version import __version__
+from procpool_kafka.cli_logging import configure_logging, redact_secrets
+from procpool_kafka.cli_options import (
+    add_arguments,
+    config_path,
+    environment,
+    load_file,
+    parse_topic_map,
+    resolve,
+)
+from procpool_kafka.config import ConsumerConfig, is_secret_setting
+from procpool_kafka.consumer import ProcPoolConsumer
+from procpool_kafka.errors import (
+    BrokerUnavailableError,
+    ConfigError,
+    HandlerLoadError,
+    ProcPoolKafkaError,
+    TopicNotFoundError,
+)
+from procpool_kafka.metrics import RunSummary
+from procpool_kafka.metrics_server import MetricsServer
+from procpool_kafka.progress import ProgressReporter
+from procpool_kafka.records import Record
+from procpool_kafka.retry import Backoff, RetryPolicy
+
+log = logging.getLogger("procpool_kafka.cli")
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_DEAD_LETTERED = 3
+EXIT_FORCED = 130
+
+
+class UsageError(Exception):
+    """A usage error reported as one line with exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,16 +62,224 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Consume Kafka topics and run a CPU-heavy handler per message in a process pool."
         ),
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
     parser.add_argument("--version", action="version", version=f"procpool-kafka {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="consume and handle records",
+        description=(
+            "Run HANDLER (package.module:function, called with one Record) for every record "
+            "of the topics. Every option can also come from PROCPOOL_KAFKA_<OPTION> "
+            "environment variables and from a TOML file (--config); a flag beats the "
+            "environment, which beats the file."
+        ),
+    )
+    run.add_argument(
+        "handler", nargs="?", help="package.module:function [env PROCPOOL_KAFKA_HANDLER]"
+    )
+    run.add_argument("--config", "-c", metavar="FILE.toml", help="read options from a TOML file")
+    add_arguments(run)
     return parser
+
+
+# ---------------------------------------------------------------------------- handler
+
+
+def load_handler(spec: str, app_dir: str | None) -> Callable[[Record], object]:
+    """Import ``package.module:function``; UsageError with one clear line when it cannot."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageError(f"handler {spec!r} must look like package.module:function")
+    for path in (app_dir, os.getcwd()):
+        if path and os.path.abspath(path) not in map(os.path.abspath, sys.path):
+            sys.path.insert(0, os.path.abspath(path))
+    if app_dir and not os.path.isdir(app_dir):
+        raise UsageError(f"--app-dir {app_dir} is not a directory")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise UsageError(f"cannot import handler module {module_name!r}: {error}") from None
+    except Exception as error:
+        raise UsageError(
+            f"importing handler module {module_name!r} failed: {type(error).__name__}: {error}"
+        ) from None
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise UsageError(f"module {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise UsageError(f"handler {spec!r} is not callable")
+    handler: Callable[[Record], object] = target
+    return handler
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def build_config(values: dict[str, Any]) -> ConsumerConfig:
+    """A ConsumerConfig (with retry policies) from resolved option values."""
+    missing = [
+        f"--{name}"
+        for name, key in (
+            ("bootstrap-servers", "bootstrap_servers"),
+            ("group-id", "group_id"),
+            ("topic", "topic"),
+        )
+        if not values[key]
+    ]
+    if missing:
+        raise UsageError(f"missing required option(s): {', '.join(missing)}")
+    retry_topics = parse_topic_map("retry-topic", values["retry_topic"])
+    dlq_topics = {
+        topic: names[0]
+        for topic, names in parse_topic_map("dlq-topic", values["dlq_topic"]).items()
+    }
+    unknown = sorted((set(retry_topics) | set(dlq_topics)) - set(values["topic"]))
+    if unknown:
+        raise UsageError(
+            f"--retry-topic/--dlq-topic name topics not consumed: {', '.join(unknown)}"
+        )
+    backoff = Backoff(
+        initial_delay=values["initial_delay"],
+        multiplier=values["backoff_multiplier"],
+        max_delay=values["max_delay"],
+        jitter=values["jitter"],
+    )
+    policies = [
+        RetryPolicy(
+            topic=topic,
+            retry_topics=tuple(retry_topics.get(topic, ())),
+            max_attempts=values["max_attempts"],
+            backoff=backoff,
+            dlq_topic=dlq_topics.get(topic),
+            non_retryable=tuple(values["non_retryable"]),
+        )
+        for topic in values["topic"]
+        if topic in retry_topics or topic in dlq_topics
+    ]
+    optional = {key: values[key] for key in ("workers", "batch_size") if values[key] is not None}
+    return ConsumerConfig(
+        bootstrap_servers=values["bootstrap_servers"],
+        group_id=values["group_id"],
+        topics=values["topic"],
+        max_in_flight=values["max_in_flight"],
+        revoke_timeout=values["revoke_timeout"],
+        task_timeout=values["task_timeout"],
+        heartbeat_timeout=values["heartbeat_timeout"],
+        crash_limit=values["crash_limit"],
+        connect_timeout=values["connect_timeout"],
+        broker_timeout=values["broker_timeout"],
+        kafka_config=values["kafka_config"],
+        retry=policies,
+        create_topics=values["create_topics"],
+        **optional,
+    )
+
+
+# ---------------------------------------------------------------------------- running
+
+
+class SignalStopper:
+    """SIGTERM/SIGINT stop the consumer gracefully; a second SIGINT forces a fast stop."""
+
+    def __init__(self, consumer: ProcPoolConsumer) -> None:
+        self._consumer = consumer
+        self.signals = 0
+        self.forced = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            log.info("%s: stopping gracefully", signal.Signals(signum).name)
+            self._consumer.stop()
+        elif signum == signal.SIGINT:
+            log.warning("second SIGINT: forcing the stop (running handlers are killed)")
+            self.forced = True
+            self._consumer.stop(force=True)
+
+
+def print_summary(summary: RunSummary) -> None:
+    print(
+        f"summary: ok={summary.records_ok} retried={summary.records_retried} "
+        f"dead-lettered={summary.records_dead_lettered} failed-attempts={summary.records_failed} "
+        f"duration={summary.duration_s:.1f}s throughput={summary.records_per_s:.0f} records/s",
+        flush=True,
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    environ = environment()
+    file_values = load_file(config_path(vars(args), environ))
+    values = resolve(flags, environ, file_values)
+    secrets = [v for k, v in values["kafka_config"].items() if is_secret_setting(k) and v]
+    configure_logging(values["log_level"], values["log_format"], secrets)
+    handler_spec = flags.get("handler") or environ.get("PROCPOOL_KAFKA_HANDLER")
+    handler_spec = handler_spec or file_values.get("handler")
+    if not handler_spec:
+        raise UsageError("missing HANDLER (package.module:function)")
+    config = build_config(values)
+    handler = load_handler(str(handler_spec), values["app_dir"])
+    consumer = ProcPoolConsumer(config, handler)
+    stopper = SignalStopper(consumer)
+    stopper.install()
+    server: MetricsServer | None = None
+    reporter: ProgressReporter | None = None
+    try:
+        consumer.open()
+        if values["metrics_port"] is not None:
+            server = MetricsServer(
+                consumer.snapshot, values["metrics_host"], values["metrics_port"]
+            )
+            server.start()
+            host, port = server.address
+            log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", host, port)
+        if values["until_end"]:
+            reporter = ProgressReporter(consumer.progress, values["progress_interval"])
+            reporter.start()
+        summary = consumer.run(until_end=values["until_end"], wait_retries=values["wait_retries"])
+    finally:
+        if reporter is not None:
+            reporter.stop()
+        consumer.close()
+        if server is not None:
+            server.stop()
+    print_summary(summary)
+    if stopper.forced:
+        return EXIT_FORCED
+    if values["until_end"] and values["fail_on_dlq"] and summary.records_dead_lettered:
+        return EXIT_DEAD_LETTERED
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        parser.print_help()
+        return EXIT_OK if args.command is None else EXIT_USAGE
+    try:
+        return run_command(args)
+    except (UsageError, ConfigError, HandlerLoadError, TopicNotFoundError) as error:
+        print(f"procpool-kafka: error: {redact_secrets(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BrokerUnavailableError, ProcPoolKafkaError) as error:
+        print(f"procpool-kafka: error: {redact_secrets(str(error))}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except Exception as error:
+        log.exception("unexpected failure")
+        print(
+            f"procpool-kafka: error: {type(error).__name__}: {redact_secrets(str(error))}",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

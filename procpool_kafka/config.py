@@ -91,6 +91,8 @@ class ConsumerConfig:
     commit_interval: float = 1.0
     #: how long to wait for the cluster to answer at start
     connect_timeout: float = 30.0
+    #: run() fails (BrokerUnavailableError) when the cluster is unreachable this long
+    broker_timeout: float = 60.0
     #: extra librdkafka settings (passed through; secrets are never logged)
     kafka_config: Mapping[str, KafkaValue] = field(default_factory=dict)
     #: retry and dead-letter routing, per base topic (see procpool_kafka.retry.RetryPolicy)
@@ -143,6 +145,7 @@ class ConsumerConfig:
         _require_seconds("revoke_timeout", self.revoke_timeout, allow_zero=True)
         _require_seconds("commit_interval", self.commit_interval)
         _require_seconds("connect_timeout", self.connect_timeout)
+        _require_seconds("broker_timeout", self.broker_timeout)
         for name in ("task_timeout", "heartbeat_timeout", "max_worker_rss_mb"):
             value = getattr(self, name)
             if value is not None:

@@ -37,6 +37,8 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from procpool_kafka.batch import EndTargets
+from procpool_kafka.broker_health import STATS_INTERVAL_MS, BrokerHealth
 from procpool_kafka.config import ConsumerConfig, redact
 from procpool_kafka.dispatch import BatchSizer, Dispatcher
 from procpool_kafka.errors import (
@@ -46,7 +48,7 @@ from procpool_kafka.errors import (
     TopicNotFoundError,
     WorkerCrashed,
 )
-from procpool_kafka.metrics import Counters, RunSummary
+from procpool_kafka.metrics import Counters, PartitionState, RunSummary, Snapshot
 from procpool_kafka.offsets import OffsetTracker
 from procpool_kafka.outcomes import FailureRouter
 from procpool_kafka.pausing import PauseBook, PauseReason
@@ -58,6 +60,7 @@ from procpool_kafka.retry import (
     MalformedRetryHeaders,
     RetryInfo,
     RetryPolicy,
+    Route,
     exception_type_names,
     read_retry_headers,
     retry_policy_for,
@@ -83,6 +86,10 @@ MAX_CONSUME_BATCH = 1000
 PAUSE_AFTER_FULL_SECONDS = 1.0
 #: resume backpressure-paused partitions when in-flight falls to this share of max_in_flight
 RESUME_FRACTION = 0.75
+#: seconds between snapshots published for the metrics endpoint
+SNAPSHOT_INTERVAL = 1.0
+#: seconds between look-ups of the group's commits for batch targets owned by other members
+REMOTE_COMMIT_CHECK_INTERVAL = 5.0
 
 
 @dataclass
@@ -147,6 +154,14 @@ class ProcPoolConsumer:
         self._router: FailureRouter | None = None
         self._schedule = DelaySchedule()
         self._retry_policies: list[RetryPolicy] = list(config.retry)
+        self._health = BrokerHealth()
+        self._snapshot: Snapshot | None = None
+        self._last_snapshot = 0.0
+        self._running = False
+        self._force_stop = False
+        self._targets: EndTargets | None = None
+        self._wait_retries = False
+        self._last_remote_check = 0.0
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -227,6 +242,9 @@ class ProcPoolConsumer:
     def _kafka_settings(self) -> dict[str, Any]:
         settings = self._with_logger(self._config.librdkafka_settings())
         settings["on_commit"] = self._on_commit
+        settings["error_cb"] = self._health.on_error
+        settings["stats_cb"] = self._health.on_stats
+        settings.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
         return settings
 
     @staticmethod
@@ -237,6 +255,8 @@ class ProcPoolConsumer:
     def _check_cluster(self) -> None:
         """Fail early and clearly: broker unreachable, or topics missing."""
         settings = self._with_logger(self._config.client_settings())
+        errors: list[str] = []
+        settings["error_cb"] = lambda error: errors.append(error.str())
         try:
             admin = AdminClient(settings)
         except KafkaException as error:
@@ -245,9 +265,11 @@ class ProcPoolConsumer:
         try:
             metadata = admin.list_topics(timeout=timeout)
         except KafkaException as error:
+            admin.poll(0)  # serve error_cb: an authentication failure says more than a timeout
+            reason = errors[-1] if errors else (error.args[0].str() if error.args else error)
             raise BrokerUnavailableError(
                 f"cannot reach Kafka at {self._config.bootstrap_servers} within {timeout:g}s: "
-                f"{error.args[0].str() if error.args else error}"
+                f"{reason}"
             ) from error
         existing = {
             name: len(topic.partitions)
@@ -292,9 +314,26 @@ class ProcPoolConsumer:
                 raise TopicNotFoundError(f"could not create topic {topic}: {error}") from error
             log.info("created topic %s with %d partitions", topic, partitions[topic])
 
-    def stop(self) -> None:
-        """Ask ``run()`` to stop gracefully; safe to call from any thread or signal handler."""
+    def stop(self, force: bool = False) -> None:
+        """Ask ``run()`` to stop; safe to call from any thread or signal handler.
+
+        Graceful by default: running work gets ``revoke_timeout`` to finish. With ``force``,
+        running work is killed at once; what is done is still committed.
+        """
+        if force:
+            self._force_stop = True
         self._stop_requested.set()
+
+    def snapshot(self) -> Snapshot | None:
+        """The latest published state (about once a second), for metrics and health."""
+        return self._snapshot
+
+    def progress(self) -> tuple[int, int] | None:
+        """(records handled, records to handle) of a batch run, or None outside one."""
+        if self._targets is None:
+            return None
+        handled = sum(self._counters.succeeded.values()) + sum(self._counters.failed.values())
+        return handled, self._targets.total
 
     def close(self) -> None:
         """Leave the group and stop the workers (after ``run()`` returned, or instead of it)."""
@@ -313,19 +352,90 @@ class ProcPoolConsumer:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self) -> RunSummary:
-        """Consume until ``stop()``; then drain, commit and return what happened."""
+    def run(self, until_end: bool = False, wait_retries: bool = False) -> RunSummary:
+        """Consume until ``stop()``; then drain, commit and return what happened.
+
+        With ``until_end`` (batch mode), stop by itself once every partition of the subscribed
+        topics (retry topics included) is committed up to its end offset as of the start.
+        Retry copies produced during the run hold it open only with ``wait_retries``.
+        """
         self.open()
         started = time.monotonic()
-        while not self._stop_requested.is_set():
-            self._step()
-        self._shutdown()
+        if until_end:
+            self._targets = self._end_targets()
+            self._wait_retries = wait_retries
+            log.info(
+                "batch run: %d records in %d partitions to reach the end",
+                self._targets.total,
+                len(self._targets.remaining()),
+            )
+        self._running = True
+        try:
+            while not self._stop_requested.is_set():
+                self._step()
+                if self._targets is not None and self._batch_complete():
+                    log.info("reached the end of every partition")
+                    break
+            self._shutdown()
+        finally:
+            self._running = False
+            self._publish_snapshot()
         summary = self._counters.summary(time.monotonic() - started)
         log.info("stopped: %s", summary.describe())
         return summary
 
+    # ------------------------------------------------------------------ batch mode
+
+    def _end_targets(self) -> EndTargets:
+        """End offsets now, and the group's start positions, of every subscribed partition."""
+        consumer = self._require_consumer()
+        timeout = self._config.connect_timeout
+        partitions: list[KafkaTopicPartition] = []
+        for topic in self._config.subscribed_topics():
+            metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            partitions.extend(KafkaTopicPartition(topic, p) for p in sorted(metadata.partitions))
+        committed = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in consumer.committed(partitions, timeout=timeout)
+        }
+        targets = EndTargets()
+        for tp in partitions:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            start = committed.get((tp.topic, tp.partition), -1)
+            targets.add(TopicPartition(tp.topic, tp.partition), max(start, low), high)
+        return targets
+
+    def _batch_complete(self) -> bool:
+        targets = self._targets
+        assert targets is not None
+        targets.update(self._tracker.position)
+        remaining = targets.remaining()
+        if not remaining:
+            return True
+        now = time.monotonic()
+        foreign = [tp for tp in remaining if tp not in self._owned]
+        if foreign and now - self._last_remote_check >= REMOTE_COMMIT_CHECK_INTERVAL:
+            # partitions another member owns: their commits count too
+            self._last_remote_check = now
+            try:
+                committed = self._require_consumer().committed(
+                    [KafkaTopicPartition(tp.topic, tp.partition) for tp in foreign], timeout=1.0
+                )
+            except KafkaException:
+                return False
+            for tp in committed:
+                targets.reach(TopicPartition(tp.topic, tp.partition), tp.offset)
+        return targets.complete
+
     def _step(self) -> None:
         pool, consumer = self._require_pool(), self._require_consumer()
+        if self._health.down_for() > self._config.broker_timeout:
+            raise BrokerUnavailableError(
+                f"Kafka at {self._config.bootstrap_servers} unreachable for more than "
+                f"{self._config.broker_timeout:g}s: {self._health.last_error}"
+            )
+        if time.monotonic() - self._last_snapshot >= SNAPSHOT_INTERVAL:
+            self._publish_snapshot()
         self._handle_events(pool.collect(0))
         self._require_router().poll()
         self._release_due()
@@ -356,6 +466,8 @@ class ProcPoolConsumer:
         return bool(self._owned) and all(pauses.is_paused(tp) for tp in self._owned)
 
     def _accept(self, messages: list[Message]) -> None:
+        if messages:
+            self._health.mark_up()
         pauses = self._require_pauses()
         dispatcher = self._require_dispatcher()
         for message in messages:
@@ -443,6 +555,7 @@ class ProcPoolConsumer:
                 continue  # an outcome of an earlier assignment or dispatch: fenced
             if isinstance(event, RecordFinished):
                 self._sizer.observe(event.duration)
+                self._counters.durations.observe(event.duration)
                 if event.error is None:
                     self._counters.succeeded[event.record.topic] += 1
                     self._complete(entry)
@@ -495,11 +608,18 @@ class ProcPoolConsumer:
         entry.task_id = None
         self._require_router().route(entry.record, error, error_types, entry.retry_info)
 
-    def _routed(self, record: Record, _decision: Decision) -> None:
+    def _routed(
+        self, record: Record, decision: Decision, copy: tuple[str, int, int] | None
+    ) -> None:
         """The failed record's copy was acknowledged (or it needs none): its offset is done."""
         entry = self._inflight.get(_key(record))
         if entry is not None and entry.record is record:
             self._complete(entry)
+        waits_for_copy = self._targets is not None and self._wait_retries
+        if waits_for_copy and copy is not None and decision.route is Route.RETRY:
+            topic, partition, offset = copy  # a batch run that waits for its retries
+            assert self._targets is not None
+            self._targets.add(TopicPartition(topic, partition), offset, offset + 1)
 
     def _complete(self, entry: _InFlight) -> None:
         record = entry.record
@@ -542,6 +662,7 @@ class ProcPoolConsumer:
     # ------------------------------------------------------------------ rebalancing
 
     def _on_assign(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self._health.mark_up()
         tps = [TopicPartition(p.topic, p.partition) for p in partitions]
         self._counters.rebalances += 1
         self._owned.update(tps)
@@ -656,6 +777,7 @@ class ProcPoolConsumer:
 
     def _on_commit(self, error: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
         if error is None:
+            self._health.mark_up()
             return
         if error.code() == KafkaError._NO_OFFSET:
             return
@@ -667,12 +789,52 @@ class ProcPoolConsumer:
 
     def _shutdown(self) -> None:
         """Graceful stop: no new work, drain running work within revoke_timeout, commit."""
-        log.info("stopping: draining running work (up to %gs)", self._config.revoke_timeout)
+        timeout = 0.0 if self._force_stop else self._config.revoke_timeout
+        log.info("stopping: draining running work (up to %gs)", timeout)
         owned = set(self._owned)
         if owned:
             self._require_pauses().pause(owned, PauseReason.BACKPRESSURE)
-            self._drain(owned, self._config.revoke_timeout, KillReason.STOP_TIMEOUT)
+            self._drain(owned, timeout, KillReason.STOP_TIMEOUT)
             self._commit_sync(owned)
+
+    # ------------------------------------------------------------------ observability
+
+    def _publish_snapshot(self) -> None:
+        """Publish an immutable view of the state for other threads (metrics, health)."""
+        self._last_snapshot = time.monotonic()
+        counters = self._counters
+        pauses = self._pauses
+        partitions = tuple(
+            PartitionState(
+                topic=tp.topic,
+                partition=tp.partition,
+                committed=self._tracker.committed(tp),
+                position=self._tracker.position(tp),
+                high_watermark=self._health.high_watermark(tp),
+                paused=pauses is not None and pauses.is_paused(tp),
+            )
+            for tp in sorted(self._owned)
+        )
+        pool = self._pool
+        self._snapshot = Snapshot(
+            taken_at=time.time(),
+            consumed=dict(counters.consumed),
+            succeeded=dict(counters.succeeded),
+            failed=dict(counters.failed),
+            retried=dict(counters.retried),
+            dead_lettered=dict(counters.dead_lettered),
+            in_flight=len(self._inflight),
+            partitions=partitions,
+            worker_restarts=pool.restarts() if pool is not None else {},
+            worker_kills=dict(counters.worker_kills),
+            rebalances=counters.rebalances,
+            durations=counters.durations.copy(),
+            workers_configured=self._config.worker_count,
+            workers_alive=len(pool.pids()) if pool is not None else 0,
+            subscribed=self._consumer is not None and not self._closed,
+            broker_reachable=self._health.reachable,
+            running=self._running,
+        )
 
     # ------------------------------------------------------------------ librdkafka actions
 

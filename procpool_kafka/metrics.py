@@ -1,9 +1,47 @@
-"""Counters of one consumer run, and the summary a run returns."""
+"""Counters of one consumer run, the snapshot the metrics endpoint reads, the run summary.
+
+The consumer loop is the only writer of :class:`Counters`. About once a second it publishes
+an immutable :class:`Snapshot`; the metrics and health endpoint (another thread) reads only
+snapshots, so it never races the loop.
+"""
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+
+#: upper bounds (seconds) of the handler-duration histogram buckets
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    60.0,
+    300.0,
+)
+
+
+@dataclass
+class DurationHistogram:
+    """Handler durations in cumulative-free buckets (the last bucket is +Inf)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def copy(self) -> DurationHistogram:
+        return DurationHistogram(list(self.counts), self.total)
 
 
 @dataclass
@@ -20,6 +58,7 @@ class Counters:
     worker_kills: Counter[str] = field(default_factory=Counter)  # by reason
     worker_crashes: int = 0
     rebalances: int = 0
+    durations: DurationHistogram = field(default_factory=DurationHistogram)
 
     def summary(self, duration: float) -> RunSummary:
         ok = sum(self.succeeded.values())
@@ -51,3 +90,48 @@ class RunSummary:
             f"retried={self.records_retried} dead-lettered={self.records_dead_lettered} "
             f"in {self.duration_s:.1f}s ({self.records_per_s:.0f} records/s)"
         )
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """One assigned partition as the metrics endpoint shows it."""
+
+    topic: str
+    partition: int
+    committed: int | None  # last offset committed by this consumer (next to read), if any
+    position: int | None  # commit position reached (last contiguous done + 1), if any
+    high_watermark: int | None  # end offset as last seen from the broker, if known
+    paused: bool
+
+    @property
+    def lag(self) -> int | None:
+        """Records between what is done and the end of the partition."""
+        if self.high_watermark is None:
+            return None
+        done_up_to = self.position if self.position is not None else self.committed
+        if done_up_to is None:
+            return None
+        return max(0, self.high_watermark - done_up_to)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The consumer's state at one moment; published by the loop, read by other threads."""
+
+    taken_at: float  # time.time()
+    consumed: dict[str, int]  # by topic
+    succeeded: dict[str, int]
+    failed: dict[str, int]
+    retried: dict[str, int]
+    dead_lettered: dict[str, int]
+    in_flight: int
+    partitions: tuple[PartitionState, ...]
+    worker_restarts: dict[str, int]  # by reason
+    worker_kills: dict[str, int]  # by reason
+    rebalances: int
+    durations: DurationHistogram
+    workers_configured: int
+    workers_alive: int
+    subscribed: bool  # subscribed and polling (assigned or waiting for an assignment)
+    broker_reachable: bool  # the cluster answered recently
+    running: bool  # run() is in its loop

@@ -74,6 +74,11 @@ class OffsetTracker:
         state = self._partitions.get(tp)
         return None if state is None else state.position
 
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The last position handed to Kafka for ``tp`` (see mark_committed), or None."""
+        state = self._partitions.get(tp)
+        return None if state is None else state.committed
+
     def pending_count(self, tp: TopicPartition) -> int:
         """Received offsets of ``tp`` not yet covered by the commit position."""
         state = self._partitions.get(tp)

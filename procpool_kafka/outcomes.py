@@ -62,7 +62,9 @@ class _Copy:
     in_flight: bool = False
 
 
-DoneCallback = Callable[[Record, Decision], None]
+#: done(record, decision, copy): the record's offset may count as done; ``copy`` is the
+#: (topic, partition, offset) of its acknowledged copy, or None when no copy was written
+DoneCallback = Callable[[Record, Decision, tuple[str, int, int] | None], None]
 
 
 class FailureRouter:
@@ -103,7 +105,7 @@ class FailureRouter:
         self._counters.failed[record.topic] += 1
         if decision.route is Route.DROP:
             self._log_failure(record, error, "no dead-letter topic: marking it done")
-            self._done(record, decision)
+            self._done(record, decision, None)
             return
         headers = self._headers(record, error, decision, retry_info, now_ms)
         copy = _Copy(record, decision, headers, error)
@@ -210,7 +212,7 @@ class FailureRouter:
         except KafkaException as error:
             self._delivered(copy, error.args[0] if error.args else None, None)
 
-    def _delivered(self, copy: _Copy, error: KafkaError | None, _message: Message | None) -> None:
+    def _delivered(self, copy: _Copy, error: KafkaError | None, message: Message | None) -> None:
         copy.in_flight = False
         key = (copy.record.topic, copy.record.partition, copy.record.offset)
         if self._copies.get(key) is not copy:
@@ -223,7 +225,12 @@ class FailureRouter:
                 else self._counters.dead_lettered
             )
             counter[copy.record.topic] += 1
-            self._done(copy.record, copy.decision)
+            written = None
+            if message is not None:
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                if topic is not None and partition is not None and offset is not None:
+                    written = (topic, partition, offset)
+            self._done(copy.record, copy.decision, written)
             return
         self._counters.produce_failures[copy.decision.topic or "?"] += 1
         if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
@@ -279,7 +286,7 @@ class FailureRouter:
             copy.record.partition,
             copy.record.offset,
         )
-        self._done(copy.record, Decision(Route.DROP, None, copy.record.attempt, None))
+        self._done(copy.record, Decision(Route.DROP, None, copy.record.attempt, None), None)
 
     def poll(self) -> None:
         """Serve delivery reports and produce again the copies whose wait is over."""

@@ -9,11 +9,13 @@ record's value:
     failuntil:N:...   raise RuntimeError while record.attempt < N
     crash:...         os._exit(3) (the worker dies)
     hang:...          sleep for an hour (a stuck handler)
+    gilhang:...       sleep for an hour in C holding the GIL (a wedged worker)
     slow:SECONDS:...  sleep SECONDS, then return
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import time
@@ -57,6 +59,8 @@ def scripted(store: str, record: Record) -> None:
         os._exit(3)
     if command == "hang":
         time.sleep(3600)
+    if command == "gilhang":  # wedged in C code holding the GIL: heartbeats stop
+        ctypes.PyDLL(None).sleep(3600)
     if command == "slow":
         time.sleep(float(rest.split(":", 1)[0]))
     _write(store, "done", record)
@@ -78,3 +82,25 @@ def read_store(store: str | Path, event: str = "done") -> list[dict[str, Any]]:
 
 def coordinates(store: str | Path, event: str = "done") -> set[tuple[str, int, int]]:
     return {(e["topic"], e["partition"], e["offset"]) for e in read_store(store, event)}
+
+
+def from_env(record: Record) -> None:
+    """``scripted`` with the store named by $PROCPOOL_TEST_STORE (for the CLI tests)."""
+    scripted(os.environ["PROCPOOL_TEST_STORE"], record)
+
+
+class _Unpicklable:
+    """A callable that cannot be pickled (it holds a lock)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+
+    def __call__(self, record: Record) -> None:
+        with self._lock:
+            pass
+
+
+unpicklable_handler = _Unpicklable()
+not_a_function = 42

@@ -259,6 +259,22 @@ def test_task_timeout_kills_only_the_stuck_worker(kafka: KafkaTestEnv, tmp_path:
     assert summary.records_failed == 1 and summary.records_ok == 1
 
 
+def test_lost_heartbeat_kills_a_wedged_worker_and_fails_the_record(
+    kafka: KafkaTestEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = kafka.create_topic("wedged", partitions=1)
+    kafka.produce(topic, [b"gilhang:", b"ok:"])
+    store = str(tmp_path / "store.jsonl")
+    config = make_config(kafka, [topic], heartbeat_timeout=2.0)
+    caplog.set_level(logging.ERROR, logger="procpool_kafka")
+    with ThreadedConsumer(config, functools.partial(scripted, store)) as running:
+        wait_for(lambda: kafka.committed(config.group_id, topic) == {0: 2}, timeout=60)
+        assert running.consumer.counters.worker_kills == {"heartbeat-lost": 1}
+        summary = running.stop()
+    assert summary.records_failed == 1 and summary.records_ok == 1
+    assert "procpool_kafka.errors.WorkerLost" in caplog.text
+
+
 # ---------------------------------------------------------------------- clear errors
 
 
