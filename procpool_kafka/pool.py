@@ -740,19 +740,12 @@ class WorkerPool:
         buf += data
         size = len(buf)
         pos = 0
-        while size - pos >= 4:
-            (length,) = _HEADER.unpack_from(buf, pos)
-            header = 4
-            if length == -1:
-                if size - pos < 12:
-                    break
-                (length,) = _LONG_HEADER.unpack_from(buf, pos + 4)
-                header = 12
-            end = pos + header + length
+        while True:
+            start, end = _frame_at(buf, pos, size)
             if end > size:
                 break
             with memoryview(buf) as view:
-                message = pickle.loads(view[pos + header : end])
+                message = pickle.loads(view[start:end])
             pos = end
             self._on_message(worker, message, events)
             if worker.state is _State.DEAD:
@@ -1223,6 +1216,23 @@ def _find(worker: _Worker, task_id: int) -> _Assignment | None:
     return None
 
 
+def _frame_at(buf: bytes | bytearray, pos: int, size: int) -> tuple[int, int]:
+    """(body start, body end) of the frame at ``pos``; end > size when it is incomplete.
+
+    A frame is a 4-byte big-endian length and the body, or -1 and an 8-byte length for
+    bodies of 2 GiB and more (multiprocessing.connection's format).
+    """
+    if size - pos < 4:
+        return size + 1, size + 1
+    (length,) = _HEADER.unpack_from(buf, pos)
+    if length != -1:
+        return pos + 4, pos + 4 + length
+    if size - pos < 12:
+        return size + 1, size + 1
+    (length,) = _LONG_HEADER.unpack_from(buf, pos + 4)
+    return pos + 12, pos + 12 + length
+
+
 def _signal(pid: int, signum: signal.Signals) -> None:
     try:
         process = psutil.Process(pid)
@@ -1454,19 +1464,13 @@ class _Inbox:
         tasks: list[_Message | None] = []
         wake = False
         with memoryview(data) as view:
-            while size - pos >= 4:
-                (length,) = _HEADER.unpack_from(data, pos)
-                header = 4
-                if length == -1:
-                    if size - pos < 12:
-                        break
-                    (length,) = _LONG_HEADER.unpack_from(data, pos + 4)
-                    header = 12
-                end = pos + header + length
+            while True:
+                start, end = _frame_at(data, pos, size)
                 if end > size:
-                    self._need = end - size
+                    if start <= size:  # the header is complete: the body length is known
+                        self._need = end - size
                     break
-                message = pickle.loads(view[pos + header : end])
+                message = pickle.loads(view[start:end])
                 pos = end
                 if type(message) is int:  # a give-back request, after the tasks before it
                     if tasks:
