@@ -57,7 +57,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("group-id", Kind.STR, None, "consumer group id", "-G"),
     Option("topic", Kind.LIST, [], "topic to consume (repeatable)", "-t", "TOPIC"),
     Option("workers", Kind.INT, None, "worker processes (default: CPU count)", "-w"),
-    Option("max-in-flight", Kind.INT, 2000, "records queued or running at most"),
+    Option("max-in-flight", Kind.INT, 5000, "records queued or running at most"),
     Option("revoke-timeout", Kind.FLOAT, 30.0, "seconds running work gets at a rebalance/stop"),
     Option("task-timeout", Kind.OPTIONAL_FLOAT, None, "hard limit per handler call (seconds)"),
     Option("heartbeat-timeout", Kind.OPTIONAL_FLOAT, 120.0, "kill a worker silent this long"),

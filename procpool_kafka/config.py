@@ -70,7 +70,7 @@ class ConsumerConfig:
     #: worker processes; default ``os.cpu_count()``
     workers: int | None = None
     #: records queued or running at most; partitions pause when reached
-    max_in_flight: int = 2000
+    max_in_flight: int = 5000
     #: one deadline for all running work of revoked partitions (and for a graceful stop)
     revoke_timeout: float = 30.0
     #: hard limit for one handler call; the worker is killed and the record fails (TaskTimeout)

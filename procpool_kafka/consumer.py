@@ -211,7 +211,7 @@ class ProcPoolConsumer:
         )
         pool.start()
         self._pool = pool
-        self._dispatcher = Dispatcher(pool, self._sizer)
+        self._dispatcher = Dispatcher(pool, self._sizer, self._config.max_in_flight)
         try:
             consumer = Consumer(self._kafka_settings())
         except KafkaException as error:
@@ -455,9 +455,13 @@ class ProcPoolConsumer:
             # nothing to fetch: wait on the workers instead, then let librdkafka serve callbacks
             self._handle_events(pool.collect(wait if pool.outstanding() else 0))
             messages = consumer.consume(1, timeout=0 if pool.outstanding() else wait)
+        elif pool.outstanding():
+            # the workers need feeding more than the broker needs waiting for: block on the
+            # pool (outcomes wake it), then take whatever librdkafka has without waiting
+            self._handle_events(pool.collect(min(wait, BUSY_POLL_SECONDS)))
+            messages = consumer.consume(min(capacity, MAX_CONSUME_BATCH), timeout=0)
         else:
-            timeout = min(wait, BUSY_POLL_SECONDS) if pool.outstanding() else wait
-            messages = consumer.consume(min(capacity, MAX_CONSUME_BATCH), timeout=timeout)
+            messages = consumer.consume(min(capacity, MAX_CONSUME_BATCH), timeout=wait)
         self._accept(messages)
         self._commit_if_due()
 

@@ -52,9 +52,11 @@ class BatchSizer:
 class Dispatcher:
     """Per-partition queues of records not yet submitted to the pool."""
 
-    def __init__(self, pool: WorkerPool, sizer: BatchSizer) -> None:
+    def __init__(self, pool: WorkerPool, sizer: BatchSizer, max_in_flight: int) -> None:
         self._pool = pool
         self._sizer = sizer
+        # a full batch must be able to form for every task the pool may hold ahead
+        self._largest_batch = max(1, max_in_flight // (pool.size * TASKS_AHEAD_PER_WORKER))
         self._ready: dict[TopicPartition, deque[Record]] = {}
         self._count = 0
 
@@ -84,18 +86,37 @@ class Dispatcher:
         return self._count
 
     def fill(self, submitted: Callable[[int, list[Record]], None]) -> None:
-        """Submit batches while the pool has room; ``submitted(task_id, records)`` for each."""
-        batch_size = self._sizer.size()
+        """Submit batches while the pool has room; ``submitted(task_id, records)`` for each.
+
+        Full batches go out while the pool holds less than TASKS_AHEAD_PER_WORKER batches per
+        worker. A partial batch goes out only when the pool is about to run dry (less than
+        one batch per worker): otherwise records trickling in would become many tiny tasks,
+        each paying the per-task cost.
+        """
+        batch_size = min(self._sizer.size(), self._largest_batch)
         workers = self._pool.size
         room = workers * TASKS_AHEAD_PER_WORKER * batch_size
-        while self._count and self._pool.outstanding() < room:
+        while self._count:
+            outstanding = self._pool.outstanding()
+            if outstanding >= room:
+                return
+            hungry = outstanding < workers * batch_size
             # share what is ready across the workers rather than one big batch for one worker
             size = min(batch_size, max(1, math.ceil(self._count / workers)))
-            tp, queue = next(iter(self._ready.items()))
+            tp = self._next_partition(size, hungry)
+            if tp is None:
+                return
+            queue = self._ready.pop(tp)
             take = min(size, len(queue))
             records = [queue.popleft() for _ in range(take)]
             self._count -= take
-            del self._ready[tp]
             if queue:
                 self._ready[tp] = queue  # round-robin: this partition goes to the back
             submitted(self._pool.submit(records), records)
+
+    def _next_partition(self, size: int, hungry: bool) -> TopicPartition | None:
+        """The first partition (round-robin order) with a full batch, or any when hungry."""
+        for tp, queue in self._ready.items():
+            if hungry or len(queue) >= size:
+                return tp
+        return None
