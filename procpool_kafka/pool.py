@@ -97,9 +97,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from multiprocessing.context import get_spawning_popen
-from operator import attrgetter
 from types import TracebackType
 from typing import Any
 
@@ -163,8 +162,8 @@ GIL) no longer stops the pool from asking another worker."""
 _HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")
 
-_RECORD_FIELDS = tuple(f.name for f in fields(Record))
-_record_to_tuple: Callable[[Record], tuple[Any, ...]] = attrgetter(*_RECORD_FIELDS)
+#: a Record is a NamedTuple: sent as a plain tuple (smaller than a pickled class reference)
+_record_to_tuple: Callable[[Record], tuple[Any, ...]] = tuple
 
 
 # --------------------------------------------------------------------------- public types

