@@ -22,6 +22,15 @@ REPO = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-messages",
+        type=int,
+        default=int(os.environ.get("CHAOS_MESSAGES", "2000")),
+        help="messages in the chaos run (CI: 2000; full: 20000)",
+    )
+
+
 @dataclass(frozen=True)
 class LocalBroker:
     """What `scripts/kafka-local up --sasl` printed."""

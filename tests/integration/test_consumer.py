@@ -50,8 +50,8 @@ def test_multiple_topics_one_handler_all_handled_and_committed(
         wait_for(lambda: coordinates(store) >= expected, timeout=60, message="all handled")
         wait_for(
             lambda: (
-                kafka.committed(config.group_id, first) == kafka.end_offsets(first)
-                and kafka.committed(config.group_id, second) == kafka.end_offsets(second)
+                kafka.fully_committed(config.group_id, first)
+                and kafka.fully_committed(config.group_id, second)
             ),
             timeout=30,
             message="commits reach the end offsets",
@@ -113,7 +113,7 @@ def test_two_consumer_processes_rebalance_with_work_in_flight_lose_nothing(
         wait_for(lambda: coordinates(store) >= expected, timeout=120, message="all handled")
         pids = {e["pid"] for e in read_store(store)}
         wait_for(
-            lambda: kafka.committed(group, topic) == kafka.end_offsets(topic),
+            lambda: kafka.fully_committed(group, topic),
             timeout=30,
             message="commits reach the end",
         )
@@ -166,7 +166,7 @@ def test_sigkill_of_a_worker_mid_task_loses_nothing(kafka: KafkaTestEnv, tmp_pat
         wait_for(
             lambda: coordinates(store) >= all_offsets(kafka, topic), timeout=60, message="all done"
         )
-        wait_for(lambda: kafka.committed(config.group_id, topic) == kafka.end_offsets(topic), 30)
+        wait_for(lambda: kafka.fully_committed(config.group_id, topic), 30)
         assert running.consumer.counters.worker_crashes >= 1
         summary = running.stop()
     assert summary.records_failed == 0
@@ -213,7 +213,7 @@ def test_backpressure_keeps_a_slow_member_in_the_group(kafka: KafkaTestEnv, tmp_
     with ThreadedConsumer(config, functools.partial(scripted, store)) as running:
         wait_for(lambda: len(read_store(store)) == 30, timeout=90, message="all handled")
         assert running.consumer.counters.rebalances == 1, "assigned once, never revoked or lost"
-        wait_for(lambda: kafka.committed(config.group_id, topic) == kafka.end_offsets(topic), 30)
+        wait_for(lambda: kafka.fully_committed(config.group_id, topic), 30)
         wait_for(lambda: not running.consumer.paused(), timeout=10)
         running.stop()
     assert len(read_store(store)) == 30

@@ -274,7 +274,7 @@ def test_rebalance_while_records_are_held_loses_nothing(
     config = make_config(kafka, topic, policy, revoke_timeout=5.0)
     with ThreadedConsumer(config, functools.partial(scripted, store)) as first:
         wait_for(
-            lambda: kafka.committed(config.group_id, topic) == kafka.end_offsets(topic),
+            lambda: kafka.fully_committed(config.group_id, topic),
             timeout=60,
             message="base topic done (failures copied to the retry topic)",
         )
@@ -286,9 +286,7 @@ def test_rebalance_while_records_are_held_loses_nothing(
                 message="every message handled (first or retried)",
             )
             wait_for(
-                lambda: (
-                    kafka.committed(config.group_id, retry_topic) == kafka.end_offsets(retry_topic)
-                ),
+                lambda: kafka.fully_committed(config.group_id, retry_topic),
                 timeout=30,
             )
             assert second.consumer.paused() == []
