@@ -469,15 +469,8 @@ class WorkerPool:
 
         Pending tasks are discarded; events still in flight are dropped. Idempotent.
         """
-        if self._state is _PoolState.CLOSED:
+        if not self._begin_close():
             return
-        was_running = self._state is _PoolState.RUNNING
-        self._state = _PoolState.CLOSED
-        if not was_running:
-            self._shm.close()
-            return
-        self._stop_spawning()
-        self._pending.clear()
         for worker in self._workers:
             self._slots[worker.seat * _SLOT_FIELDS + _STOP] = 1.0
             worker.outq.clear()
@@ -497,17 +490,23 @@ class WorkerPool:
         self._release_resources()
         self._outstanding = 0
 
-    def terminate(self) -> None:
-        """SIGKILL every worker now. Idempotent."""
+    def _begin_close(self) -> bool:
+        """Mark the pool closed; True when it has workers to stop (it was running)."""
         if self._state is _PoolState.CLOSED:
-            return
+            return False
         was_running = self._state is _PoolState.RUNNING
         self._state = _PoolState.CLOSED
         if not was_running:
             self._shm.close()
-            return
+            return False
         self._stop_spawning()
         self._pending.clear()
+        return True
+
+    def terminate(self) -> None:
+        """SIGKILL every worker now. Idempotent."""
+        if not self._begin_close():
+            return
         self._ready.clear()
         self._kill_all()
         self._release_resources()

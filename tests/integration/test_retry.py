@@ -52,6 +52,15 @@ def no_jitter(initial: float, max_delay: float = 60.0) -> Backoff:
     return Backoff(initial_delay=initial, multiplier=2.0, max_delay=max_delay, jitter=0.0)
 
 
+def produce_retry_copy(
+    kafka: KafkaTestEnv, topic: str, value: bytes, attempt: int, delay_ms: int
+) -> None:
+    """A record on a retry topic as our producer writes it: due ``delay_ms`` from now."""
+    not_before = str(int(time.time() * 1000) + delay_ms).encode()
+    headers = [("procpool.attempt", str(attempt).encode()), ("procpool.not-before", not_before)]
+    kafka.produce(topic, [value], headers=headers)
+
+
 def headers_of(message: Any) -> dict[str, bytes]:
     return dict(message.headers() or [])
 
@@ -170,12 +179,7 @@ def test_far_future_not_before_is_clamped_to_max_delay(kafka: KafkaTestEnv, tmp_
     retry_topic = f"{topic}-retry"
     kafka.create_named_topic(retry_topic, 1)
     policy = RetryPolicy(topic=topic, retry_topics=(retry_topic,), backoff=no_jitter(0.5, 2.0))
-    in_a_day = str(int(time.time() * 1000) + 86_400_000).encode()
-    kafka.produce(
-        retry_topic,
-        [b"ok:"],
-        headers=[("procpool.attempt", b"2"), ("procpool.not-before", in_a_day)],
-    )
+    produce_retry_copy(kafka, retry_topic, b"ok:", attempt=2, delay_ms=86_400_000)
     store = str(tmp_path / "store.jsonl")
     config = make_config(kafka, topic, policy, create_topics=False)
     started = time.time()
@@ -212,12 +216,7 @@ def test_tiers_a_short_retry_is_not_blocked_behind_a_long_one(
     kafka.create_named_topic(fast, 1)
     kafka.create_named_topic(slow, 1)
     policy = RetryPolicy(topic=topic, retry_topics=(fast, slow), backoff=no_jitter(1.0))
-    in_a_minute = str(int(time.time() * 1000) + 60_000).encode()
-    kafka.produce(
-        slow,
-        [b"ok:held"],
-        headers=[("procpool.attempt", b"3"), ("procpool.not-before", in_a_minute)],
-    )
+    produce_retry_copy(kafka, slow, b"ok:held", attempt=3, delay_ms=60_000)
     store = str(tmp_path / "store.jsonl")
     config = make_config(kafka, topic, policy, revoke_timeout=2.0)
     with ThreadedConsumer(config, functools.partial(scripted, store)) as running:
