@@ -212,13 +212,6 @@ class ProcPoolConsumer:
         pool.start()
         self._pool = pool
         self._dispatcher = Dispatcher(pool, self._sizer, self._config.max_in_flight)
-        try:
-            consumer = Consumer(self._kafka_settings())
-        except KafkaException as error:
-            pool.terminate()
-            raise ConfigError(f"invalid Kafka consumer settings: {error}") from error
-        self._consumer = consumer
-        self._pauses = PauseBook(self._pause, self._resume, self._seek)
         self._router = FailureRouter(
             self._retry_policies,
             self._config.group_id,
@@ -226,6 +219,17 @@ class ProcPoolConsumer:
             self._routed,
             self._counters,
         )
+        try:
+            self._router.start()  # invalid producer settings fail here, not at a first failure
+            consumer = Consumer(self._kafka_settings())
+        except ConfigError:
+            pool.terminate()
+            raise
+        except KafkaException as error:
+            pool.terminate()
+            raise ConfigError(f"invalid Kafka consumer settings: {error}") from error
+        self._consumer = consumer
+        self._pauses = PauseBook(self._pause, self._resume, self._seek)
         consumer.subscribe(
             self._config.subscribed_topics(),
             on_assign=self._on_assign,

@@ -23,6 +23,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from procpool_kafka.errors import ConfigError
 from procpool_kafka.metrics import Counters
 from procpool_kafka.pool import HandlerError
 from procpool_kafka.records import Headers, Record, TopicPartition
@@ -187,6 +188,19 @@ class FailureRouter:
         )
 
     # ------------------------------------------------------------------ producing
+
+    def start(self) -> None:
+        """Create the producer now when a policy can copy records (retry or dead-letter topic).
+
+        Invalid producer settings then raise ConfigError at open, instead of failing every
+        produce of the first failed record (never routed, its offset held back for good).
+        """
+        if not any(policy.retry_topics or policy.dlq_topic for policy in self._policies):
+            return
+        try:
+            self._require_producer()
+        except KafkaException as error:
+            raise ConfigError(f"invalid Kafka producer settings: {error}") from error
 
     def _require_producer(self) -> Producer:
         if self._producer is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from confluent_kafka import (
@@ -49,13 +49,19 @@ class KafkaTestEnv:
         self.admin = AdminClient({"bootstrap.servers": bootstrap})
         self._created: list[str] = []
 
-    def create_topic(self, prefix: str = "t", partitions: int = 1) -> str:
+    def create_topic(
+        self, prefix: str = "t", partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> str:
         name = unique_name(prefix)
-        self.create_named_topic(name, partitions)
+        self.create_named_topic(name, partitions, config)
         return name
 
-    def create_named_topic(self, name: str, partitions: int = 1) -> None:
-        futures = self.admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=30)
+    def create_named_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> None:
+        """Create ``name``; ``config`` sets topic configs (e.g. max.message.bytes)."""
+        new_topic = NewTopic(name, partitions, 1, config=dict(config or {}))
+        futures = self.admin.create_topics([new_topic], operation_timeout=30)
         futures[name].result(timeout=30)
         self._created.append(name)
         wait_for(
