@@ -33,6 +33,11 @@ _AUTH_ERRORS = frozenset(
 )
 
 
+def is_authentication_error(error: KafkaError) -> bool:
+    """Wrong credentials or missing permissions: waiting longer will not help."""
+    return error.code() in _AUTH_ERRORS
+
+
 class BrokerHealth:
     """Tracks reachability of the cluster and the high watermarks librdkafka reports."""
 

@@ -38,7 +38,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from procpool_kafka.batch import EndTargets
-from procpool_kafka.broker_health import STATS_INTERVAL_MS, BrokerHealth
+from procpool_kafka.broker_health import (
+    STATS_INTERVAL_MS,
+    BrokerHealth,
+    is_authentication_error,
+)
 from procpool_kafka.config import ConsumerConfig, redact
 from procpool_kafka.dispatch import BatchSizer, Dispatcher
 from procpool_kafka.errors import (
@@ -259,22 +263,13 @@ class ProcPoolConsumer:
     def _check_cluster(self) -> None:
         """Fail early and clearly: broker unreachable, or topics missing."""
         settings = self._with_logger(self._config.client_settings())
-        errors: list[str] = []
-        settings["error_cb"] = lambda error: errors.append(error.str())
+        errors: list[KafkaError] = []
+        settings["error_cb"] = errors.append
         try:
             admin = AdminClient(settings)
         except KafkaException as error:
             raise ConfigError(f"invalid Kafka client settings: {error}") from error
-        timeout = self._config.connect_timeout
-        try:
-            metadata = admin.list_topics(timeout=timeout)
-        except KafkaException as error:
-            admin.poll(0)  # serve error_cb: an authentication failure says more than a timeout
-            reason = errors[-1] if errors else (error.args[0].str() if error.args else error)
-            raise BrokerUnavailableError(
-                f"cannot reach Kafka at {self._config.bootstrap_servers} within {timeout:g}s: "
-                f"{reason}"
-            ) from error
+        metadata = self._cluster_metadata(admin, errors)
         existing = {
             name: len(topic.partitions)
             for name, topic in metadata.topics.items()
@@ -294,6 +289,26 @@ class ProcPoolConsumer:
             )
         if missing:
             self._create_routing_topics(admin, missing, existing)
+
+    def _cluster_metadata(self, admin: AdminClient, errors: list[KafkaError]) -> Any:
+        """The cluster's metadata, asked once a second until connect_timeout; an
+        authentication failure ends the wait at once (it will not go away)."""
+        timeout = self._config.connect_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            attempt = max(0.1, min(1.0, deadline - time.monotonic()))
+            try:
+                return admin.list_topics(timeout=attempt)
+            except KafkaException as error:
+                admin.poll(0)  # serve error_cb
+                auth = [e for e in errors if is_authentication_error(e)]
+                if auth or time.monotonic() >= deadline:
+                    last = auth or errors
+                    reason = last[-1].str() if last else error.args[0].str()
+                    waited = "" if auth else f" within {timeout:g}s"
+                    raise BrokerUnavailableError(
+                        f"cannot reach Kafka at {self._config.bootstrap_servers}{waited}: {reason}"
+                    ) from error
 
     def _create_routing_topics(
         self, admin: AdminClient, missing: list[str], existing: dict[str, int]

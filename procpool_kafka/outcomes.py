@@ -15,6 +15,7 @@ that cannot be written is logged at ERROR with its coordinates and marked done.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -58,6 +59,7 @@ class _Copy:
     decision: Decision
     headers: Headers
     error: HandlerError
+    retry_info: RetryInfo | None = None
     failures: int = 0
     next_try: float = 0.0  # time.monotonic() when the next produce may start
     in_flight: bool = False
@@ -109,7 +111,7 @@ class FailureRouter:
             self._done(record, decision, None)
             return
         headers = self._headers(record, error, decision, retry_info, now_ms)
-        copy = _Copy(record, decision, headers, error)
+        copy = _Copy(record, decision, headers, error, retry_info)
         self._copies[(record.topic, record.partition, record.offset)] = copy
         if decision.route is Route.RETRY:
             log.info(
@@ -274,19 +276,8 @@ class FailureRouter:
             )
             decision = Decision(Route.DEAD_LETTER, policy.dlq_topic, copy.record.attempt, None)
             copy.decision = decision
-            copy.headers = dead_letter_headers(
-                copy.record.headers,
-                attempts=copy.record.attempt,
-                original=(copy.record.topic, copy.record.partition, copy.record.offset),
-                first_failure_ms=None,
-                error_type=copy.error.type_name,
-                error_message=copy.error.message,
-                traceback="",
-                consumer_group=self._group_id,
-                failed_at_ms=_now_ms(),
-                max_message_bytes=policy.max_error_message_bytes,
-                max_traceback_bytes=0,
-            )
+            smaller = dataclasses.replace(copy.error, traceback="")  # keep the copy small
+            copy.headers = self._headers(copy.record, smaller, decision, copy.retry_info, _now_ms())
             self._produce(copy)
             return
         del self._copies[key]

@@ -182,7 +182,7 @@ def test_wrong_password_is_a_clear_error_within_the_timeout(
         group_id=unique_name("g"),
         topics=[topic],
         workers=1,
-        connect_timeout=5,
+        connect_timeout=30,
         kafka_config={**credentials, "debug": LIBRDKAFKA_DEBUG},
     )
     caplog.set_level(logging.DEBUG)
@@ -197,7 +197,7 @@ def test_wrong_password_is_a_clear_error_within_the_timeout(
     message = str(raised.value)
     assert sasl.bootstrap in message
     assert "SASL authentication error" in message and "invalid credentials" in message
-    assert elapsed < config.connect_timeout + 10
+    assert elapsed < 10, "an authentication failure ends the wait, not connect_timeout"
     assert consumer.worker_pids() == []
     assert LIBRDKAFKA_REDACTED in caplog.text
     assert secret not in message
