@@ -159,6 +159,9 @@ _RECALL_PATIENCE = 1.0
 """Seconds after which an unanswered give-back request (a worker wedged holding the
 GIL) no longer stops the pool from asking another worker."""
 
+#: consecutive worker deaths before ready after which start() gives up (HandlerLoadError)
+_START_DEATHS_BEFORE_GIVING_UP = 3
+
 _HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")
 
@@ -869,10 +872,13 @@ class WorkerPool:
         killed = previous is _State.KILLING
         if previous is _State.STARTING:
             self._start_failures += 1  # slows down the next spawns (crash loop)
-            if self._in_start and self._load_error is None:
+            # one death (an OOM kill, a stray SIGKILL) is retried; dying again and again
+            # before ready means the handler's import kills the interpreter
+            repeated = self._start_failures >= _START_DEATHS_BEFORE_GIVING_UP
+            if self._in_start and self._load_error is None and repeated:
                 self._load_error = (
-                    f"worker process {worker.pid} died during start-up ({reason}) before "
-                    "reporting ready; see its stderr"
+                    f"worker processes died {self._start_failures} times during start-up "
+                    f"(last: {worker.pid}, {reason}) before reporting ready; see their stderr"
                 )
         if killed:
             reason = worker.kill_reason

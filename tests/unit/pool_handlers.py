@@ -23,10 +23,13 @@ import ctypes
 import multiprocessing
 import os
 import resource
+import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from procpool_kafka.records import Record
 
@@ -92,3 +95,34 @@ def command(record: Record) -> None:
 
 def noop(record: Record) -> None:
     """The cheapest handler (benchmarks)."""
+
+
+def _noop(record: Record) -> None:
+    """Does nothing."""
+
+
+def killing_loader(marker: str, always: bool) -> Callable[[Record], None]:
+    """Unpickled in a worker at start-up: SIGKILL that worker (the first time, or always)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.close(fd)
+        first = True
+    except FileExistsError:
+        first = False
+    if first or always:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _noop
+
+
+class KilledAtLoad:
+    """A handler whose unpickling kills the worker process (see killing_loader)."""
+
+    def __init__(self, marker: str, always: bool) -> None:
+        self._marker = marker
+        self._always = always
+
+    def __call__(self, record: Record) -> None:
+        """Never called in the parent."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (killing_loader, (self._marker, self._always))

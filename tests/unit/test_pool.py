@@ -35,7 +35,7 @@ from procpool_kafka.pool import (
     WorkerPool,
 )
 from procpool_kafka.records import Record
-from tests.unit.pool_handlers import command
+from tests.unit.pool_handlers import KilledAtLoad, command
 
 REPO = Path(__file__).resolve().parents[2]
 Events = list[PoolEvent]
@@ -772,3 +772,15 @@ def test_context_manager_and_submit_validation() -> None:
         collect_until(pool, all_done(pool))
         pids = pool.pids()
     assert all(gone(pid) for pid in pids)
+
+
+def test_a_worker_killed_during_start_is_replaced(make_pool: PoolFactory, tmp_path: Path) -> None:
+    pool = make_pool(KilledAtLoad(str(tmp_path / "marker"), always=False))
+    assert len(pool.pids()) == 2
+    assert pool.restarts()["crashed"] == 1
+
+
+def test_workers_that_always_die_at_start_fail_start(tmp_path: Path) -> None:
+    pool = WorkerPool(KilledAtLoad(str(tmp_path / "marker"), always=True), 2)
+    with pytest.raises(HandlerLoadError, match=r"died 3 times during start-up"):
+        pool.start(timeout=60.0)
