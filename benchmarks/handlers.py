@@ -8,9 +8,10 @@ procpool-kafka exists for. Bind the iteration count with ``functools.partial``.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from procpool_kafka import Record
+if TYPE_CHECKING:  # imported by the peers' runners too, whose venvs lack procpool_kafka
+    from procpool_kafka import Record
 
 _MULTIPLIER = 1103515245
 _INCREMENT = 12345

@@ -1,0 +1,1 @@
+"""Side-by-side runners: one module per contender, run with that contender's own venv."""
