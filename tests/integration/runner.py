@@ -12,8 +12,26 @@ from pathlib import Path
 from typing import Any
 
 from procpool_kafka import ConsumerConfig, ProcPoolConsumer, Record, RunSummary
+from tests.kafka_helpers import unique_name
 
 REPO = Path(__file__).resolve().parents[2]
+
+#: group settings that make joins, leaves and evictions take seconds, not tens of seconds
+FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+def consumer_config(bootstrap: str, topics: list[str], **overrides: Any) -> ConsumerConfig:
+    """A ConsumerConfig for tests: its own group, 2 workers, fast commits and rebalances."""
+    settings: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": unique_name("g"),
+        "topics": topics,
+        "workers": 2,
+        "commit_interval": 0.2,
+        "kafka_config": dict(FAST_GROUP),
+    }
+    settings.update(overrides)
+    return ConsumerConfig(**settings)
 
 
 class ThreadedConsumer:

@@ -101,11 +101,10 @@ from procpool_kafka.retry import (
 )
 from tests.integration.bad_input_handlers import inspect, read
 from tests.integration.handlers import plain
-from tests.integration.runner import ThreadedConsumer
+from tests.integration.runner import ThreadedConsumer, consumer_config
 from tests.integration.test_cli import HANDLER, cli_env, run_cli
-from tests.kafka_helpers import KafkaTestEnv, unique_name, wait_for
+from tests.kafka_helpers import KafkaTestEnv, wait_for
 
-FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 FAST_BACKOFF = Backoff(initial_delay=0.2, multiplier=1.0, max_delay=2.0, jitter=0.0)
 MIB = 1024 * 1024
 
@@ -149,16 +148,7 @@ def produce(
 
 
 def make_config(kafka: KafkaTestEnv, topics: list[str], **overrides: Any) -> ConsumerConfig:
-    settings: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap,
-        "group_id": unique_name("g"),
-        "topics": topics,
-        "workers": 2,
-        "commit_interval": 0.2,
-        "kafka_config": dict(FAST_GROUP),
-    }
-    settings.update(overrides)
-    return ConsumerConfig(**settings)
+    return consumer_config(kafka.bootstrap, topics, **overrides)
 
 
 def sha(value: bytes | None) -> str | None:

@@ -8,28 +8,23 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from procpool_kafka import ConsumerConfig, ProcPoolConsumer
 from tests.integration.handlers import coordinates, plain, read_store, scripted
-from tests.integration.runner import ThreadedConsumer, spawn_consumer_process
+from tests.integration.runner import (
+    FAST_GROUP,
+    ThreadedConsumer,
+    consumer_config,
+    spawn_consumer_process,
+)
 from tests.kafka_helpers import KafkaTestEnv, unique_name, wait_for
 
-FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
-
-def make_config(kafka: KafkaTestEnv, topics: list[str], **overrides: object) -> ConsumerConfig:
-    settings: dict[str, object] = {
-        "bootstrap_servers": kafka.bootstrap,
-        "group_id": unique_name("g"),
-        "topics": topics,
-        "workers": 2,
-        "commit_interval": 0.2,
-        "kafka_config": dict(FAST_GROUP),
-    }
-    settings.update(overrides)
-    return ConsumerConfig(**settings)  # type: ignore[arg-type]
+def make_config(kafka: KafkaTestEnv, topics: list[str], **overrides: Any) -> ConsumerConfig:
+    return consumer_config(kafka.bootstrap, topics, **overrides)
 
 
 def all_offsets(kafka: KafkaTestEnv, topic: str) -> set[tuple[str, int, int]]:

@@ -25,27 +25,15 @@ from procpool_kafka.retry import (
     RetryPolicy,
 )
 from tests.integration.handlers import coordinates, read_store, scripted
-from tests.integration.runner import ThreadedConsumer
-from tests.kafka_helpers import KafkaTestEnv, unique_name, wait_for
-
-FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+from tests.integration.runner import ThreadedConsumer, consumer_config
+from tests.kafka_helpers import KafkaTestEnv, wait_for
 
 
 def make_config(
     kafka: KafkaTestEnv, topic: str, policy: RetryPolicy, **overrides: Any
 ) -> ConsumerConfig:
-    settings: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap,
-        "group_id": unique_name("g"),
-        "topics": [topic],
-        "workers": 2,
-        "commit_interval": 0.2,
-        "kafka_config": dict(FAST_GROUP),
-        "retry": [policy],
-        "create_topics": True,
-    }
-    settings.update(overrides)
-    return ConsumerConfig(**settings)
+    settings: dict[str, Any] = {"retry": [policy], "create_topics": True, **overrides}
+    return consumer_config(kafka.bootstrap, [topic], **settings)
 
 
 def no_jitter(initial: float, max_delay: float = 60.0) -> Backoff:

@@ -31,11 +31,10 @@ from procpool_kafka import BrokerUnavailableError, ConsumerConfig, ProcPoolConsu
 from procpool_kafka.retry import H_ATTEMPTS, H_CONSUMER_GROUP, Backoff, RetryPolicy
 from tests.conftest import LocalBroker
 from tests.integration.handlers import read_store, scripted
-from tests.integration.runner import ThreadedConsumer
+from tests.integration.runner import FAST_GROUP, ThreadedConsumer
 from tests.integration.test_cli import CLI, HANDLER, REPO, cli_env, fetch, metric, run_cli
 from tests.kafka_helpers import KafkaTestEnv, unique_name, wait_for
 
-FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 #: librdkafka's own debug output: its configuration dump and the SASL handshake
 LIBRDKAFKA_DEBUG = "conf,security"
 #: how librdkafka's configuration dump shows the password (proof the dump was captured)
