@@ -58,9 +58,10 @@ from confluent_kafka.admin import AdminClient
 
 from benchmarks import peer_venvs
 from benchmarks.handlers import calibrate
-from benchmarks.peers.common import Spec
+from benchmarks.peers.common import SAMPLE_INTERVAL_S, Spec
 from benchmarks.peers.measure import per_call
-from benchmarks.peers.workload import Job, make_value, read_tracked
+from benchmarks.peers.workload import Job, first_handled, make_value, read_tracked
+from benchmarks.side_by_side_report import CONTENDERS, LABELS, markdown, mb, num
 from benchmarks.throughput import (
     OTHERS_LIMIT,
     environment,
@@ -74,13 +75,6 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PARTITIONS = 8
 
-CONTENDERS = ("procpool", "arroyo", "plain", "retriable")
-LABELS = {
-    "procpool": "procpool-kafka",
-    "arroyo": "sentry-arroyo",
-    "plain": "confluent-kafka + ProcessPoolExecutor (by hand)",
-    "retriable": "retriable-kafka-client",
-}
 SHORT = {"procpool": "procpool", "arroyo": "arroyo", "plain": "by hand", "retriable": "retriable"}
 SCENARIOS = ("throughput", "retry", "revoke", "memory")
 
@@ -371,6 +365,8 @@ def throughput(ctx: Context) -> list[dict[str, Any]]:
                     end_offsets=ends,
                     deadline_s=60 + 20 * ideal_time,
                     settings=settings,
+                    # at most one sample per handler call: +-1 sample is < 0.2 % of a run
+                    sample_interval_s=min(0.005, max(SAMPLE_INTERVAL_S, cost.seconds)),
                 )
                 result = ctx.run_once(spec, spec.deadline_s + 60)
                 after = in_process_cost(iterations)
@@ -439,9 +435,9 @@ def describe_throughput(contender: str, r: dict[str, Any]) -> str:
     if r.get("error") and not r.get("first_to_last_rps"):
         return f"{contender}: error {r['error']}"
     return (
-        f"{contender}: first-to-last {_num(r.get('first_to_last_rps'))}/s, "
-        f"poll-to-committed {_num(r.get('poll_to_committed_rps'))}/s, "
-        f"ratio {_num(r.get('ratio_to_ideal'), 3)}, others {r.get('others_share', 0):.1%}"
+        f"{contender}: first-to-last {num(r.get('first_to_last_rps'))}/s, "
+        f"poll-to-committed {num(r.get('poll_to_committed_rps'))}/s, "
+        f"ratio {num(r.get('ratio_to_ideal'), 3)}, others {r.get('others_share', 0):.1%}"
         + (f", notes {r['notes']}" if r.get("notes") else "")
     )
 
@@ -523,7 +519,7 @@ def retry(ctx: Context) -> dict[str, Any]:
         result["all_done_s"] = done - polling if done is not None and polling is not None else None
         runs[contender] = result
         print(
-            f"  {contender}: all done in {_num(result['all_done_s'], 2)} s, "
+            f"  {contender}: all done in {num(result['all_done_s'], 2)} s, "
             f"lost {result['lost']}, duplicates {result['duplicates']}, "
             f"failed once {result['failed_first_attempts']}"
             + (f", error {result['error']}" if result.get("error") else ""),
@@ -591,11 +587,14 @@ def revoke(ctx: Context) -> dict[str, Any]:
             stuck_marker=markers / f"stuck-{stuck_id}",
         )
         result.update(tracked_summary(track, per_partition, result.get("committed_at_end") or {}))
+        result["member2_handled_s"] = moved_handled_after(track, result, per_partition)
         result["target_s"] = timeout + 1.0
         runs[contender] = result
         print(
-            f"  {contender}: member 2 assigned after {_num(result.get('rebalance_s'), 2)} s "
-            f"(target <= {timeout + 1:g}), done after {_num(result.get('member2_done_s'), 2)} s, "
+            f"  {contender}: member 2 assigned after {num(result.get('rebalance_s'), 2)} s "
+            f"handled all of them after {num(result.get('member2_handled_s'), 2)} s "
+            f"(target <= {timeout + 1:g}), "
+            f"committed after {num(result.get('member2_done_s'), 2)} s, "
             f"lost {result['lost']}, duplicates {result['duplicates']}; "
             f"{'; '.join(result['notes'])}",
             flush=True,
@@ -609,6 +608,23 @@ def revoke(ctx: Context) -> dict[str, Any]:
         "revoke_timeout_s": timeout,
         "runs": runs,
     }
+
+
+def moved_handled_after(
+    track_dir: Path, result: dict[str, Any], per_partition: int
+) -> float | None:
+    """Seconds from member 2's first poll until every message of the partitions it took over
+    had been handled (by either member: member 1 handled most before the rebalance), or None
+    when some never were."""
+    joined = result.get("member2_first_poll_wall")
+    partitions = result.get("member2_partitions") or []
+    if joined is None or not partitions:
+        return None
+    first = first_handled(str(track_dir))
+    times = [first.get(f"{p}:{i}") for p in partitions for i in range(per_partition)]
+    if any(at is None for at in times):
+        return None
+    return max(0.0, max(at for at in times if at is not None) - float(joined))
 
 
 def revoke_one(
@@ -641,6 +657,7 @@ def revoke_one(
             result["log_tail"] = second.log_tail()
             return result
         joined = float(polling["wall"])
+        result["member2_first_poll_wall"] = joined
         assigned_at: float | None = None
         partitions: list[int] = []
         done_at: float | None = None
@@ -733,8 +750,9 @@ def memory(ctx: Context) -> dict[str, Any]:
             result["drain_rps"] = handled / (end - polling) if end > polling else None
         runs[contender] = result
         print(
-            f"  {contender}: handled {handled:,}/{messages:,}, RSS start {_mb(start)} MB, "
-            f"peak {_mb(peak)} MB, growth {_mb(result['rss_growth_bytes'])} MB",
+            f"  {contender}: handled {handled:,}/{messages:,} "
+            f"({num(result.get('drain_rps'))} rec/s), RSS start {mb(start)} MB, "
+            f"peak {mb(peak)} MB, growth {mb(result['rss_growth_bytes'])} MB",
             flush=True,
         )
     ctx.env.cleanup()
@@ -748,126 +766,6 @@ def memory(ctx: Context) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def _mb(value: float | None) -> str:
-    return "-" if value is None else f"{value / 1e6:,.0f}"
-
-
-def markdown(document: dict[str, Any]) -> str:
-    parts: list[str] = []
-    contenders = [c for c in CONTENDERS if c in document["contenders"]]
-    for entry in document.get("throughput", []):
-        runs = entry["runs"]
-        parts.append(
-            f"**Throughput, {entry['cost']} handler** ({entry['measured_cost_s'] * 1e6:,.0f} us "
-            f"measured, {entry['messages']:,} messages, ideal "
-            f"{entry['ideal_rps']:,.0f} rec/s; target ratio >= {entry['target_ratio']:.2f})\n"
-        )
-        parts.append(
-            "| contender | first-to-last rec/s | ratio to ideal | procpool-kafka ÷ it "
-            "| poll-to-committed rec/s | middle-80% rec/s | duplicates | lost |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|\n"
-        )
-        for name in contenders:
-            r = runs.get(name)
-            if r is None:
-                continue
-            lost = r.get("lost")
-            parts.append(
-                f"| {LABELS[name]} | {_num(r.get('first_to_last_rps'))} "
-                f"| {_num(r.get('ratio_to_ideal'), 2)} | {_num(r.get('procpool_over_this'), 2)} "
-                f"| {_num(r.get('poll_to_committed_rps'))} | {_num(r.get('middle80_rps'))} "
-                f"| {r.get('duplicates', '-')} | {'-' if lost is None else lost} |\n"
-            )
-        parts.append("\n")
-    retry_doc = document.get("retry")
-    if retry_doc:
-        parts.append(
-            f"**Retry** ({retry_doc['messages']:,} messages of ~0.5 ms, 10 % fail once, "
-            "retry delay 1 s)\n"
-        )
-        parts.append(
-            "| contender | retries | first poll to all handled s | to all committed s "
-            "| handled | duplicates | lost | note |\n|---|---|---:|---:|---:|---:|---:|---|\n"
-        )
-        for name in contenders:
-            r = retry_doc["runs"].get(name)
-            if r is None:
-                continue
-            how = {
-                "procpool": "retry topic",
-                "retriable": "retry topic",
-                "plain": "in memory",
-                "arroyo": "none",
-            }[name]
-            note = r.get("error") or "; ".join(r.get("notes") or [])
-            polling, last = r.get("polling_s"), r.get("last_handled_s")
-            handled_s = last - polling if last is not None and polling is not None else None
-            lost = r["lost"] if r.get("all_done_s") is not None or r["lost"] else "0 (stopped)"
-            parts.append(
-                f"| {LABELS[name]} | {how} | {_num(handled_s, 2)} | {_num(r.get('all_done_s'), 2)} "
-                f"| {r['distinct_handled']:,} | {r['duplicates']} | {lost} | {note} |\n"
-            )
-        parts.append("\n")
-    revoke_doc = document.get("revoke")
-    if revoke_doc:
-        parts.append(
-            f"**Revoke with a stuck handler** ({revoke_doc['messages']:,} messages of ~0.5 ms; "
-            f"message {revoke_doc['stuck_id']} sleeps forever on member 1; revoke timeout "
-            f"{revoke_doc['revoke_timeout_s']:g} s; times from member 2's first poll)\n"
-        )
-        parts.append(
-            "| contender | member 2 assigned s (target) | member 2 done s | stuck partition "
-            "moved | duplicates | lost | member 1 at stop |\n"
-            "|---|---:|---:|---|---:|---:|---|\n"
-        )
-        for name in contenders:
-            r = revoke_doc["runs"].get(name)
-            if r is None:
-                continue
-            stop = (
-                f"exited in {r.get('member1_stop_s')} s"
-                if r.get("member1_exited")
-                else f"killed after {r.get('member1_stop_s')} s"
-            )
-            parts.append(
-                f"| {LABELS[name]} | {_num(r.get('rebalance_s'), 2)} (<= {r['target_s']:g}) "
-                f"| {_num(r.get('member2_done_s'), 2)} "
-                f"| {'yes' if r.get('stuck_partition_moved') else 'no'} "
-                f"| {r['duplicates']} | {r['lost']} | {stop} |\n"
-            )
-        parts.append("\n")
-    memory_doc = document.get("memory")
-    if memory_doc:
-        parts.append(
-            f"**Memory** (consumer-process RSS draining {memory_doc['messages']:,} messages of "
-            f"{memory_doc['value_bytes']:,} B, ~5 us handler; at most "
-            f"{memory_doc['deadline_s']:.0f} s each)\n"
-        )
-        parts.append(
-            "| contender | handled | rec/s | RSS start MB | RSS peak MB | growth MB | "
-            "target < 50 MB |\n|---|---:|---:|---:|---:|---:|---|\n"
-        )
-        for name in contenders:
-            r = memory_doc["runs"].get(name)
-            if r is None:
-                continue
-            growth = r.get("rss_growth_bytes")
-            parts.append(
-                f"| {LABELS[name]} | {int(r.get('handled') or 0):,} "
-                f"| {_num(r.get('drain_rps'))} | {_mb(r.get('rss_start_bytes'))} "
-                f"| {_mb(r.get('rss_peak_bytes'))} | {_mb(growth)} "
-                f"| {'-' if growth is None else ('met' if growth < 50e6 else 'missed')} |\n"
-            )
-        parts.append("\n")
-    return "".join(parts)
 
 
 def draw_chart(json_path: Path, png_path: Path, log: list[str]) -> bool:

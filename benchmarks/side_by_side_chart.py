@@ -93,15 +93,19 @@ def draw(document: dict[str, Any], out: Path) -> None:
         revoke = document["revoke"]
         runs = revoke["runs"]
         names = [n for n in ORDER if n in runs]
-        width = 0.38
+        width = 0.27
         positions = list(range(len(names)))
-        assigned = [runs[n].get("rebalance_s") or 0.0 for n in names]
-        done = [runs[n].get("member2_done_s") or 0.0 for n in names]
-        ax.bar([p - width / 2 for p in positions], assigned, width, label="member 2 assigned")
-        ax.bar([p + width / 2 for p in positions], done, width, label="member 2 done")
-        for p, a, d in zip(positions, assigned, done, strict=True):
-            ax.annotate(f"{a:.1f}", (p - width / 2, a), ha="center", va="bottom", fontsize=8)
-            ax.annotate(f"{d:.1f}", (p + width / 2, d), ha="center", va="bottom", fontsize=8)
+        bars = (
+            ("rebalance_s", "member 2 assigned"),
+            ("member2_handled_s", "moved partitions all handled"),
+            ("member2_done_s", "... and committed"),
+        )
+        for shift, (key, label) in zip((-width, 0.0, width), bars, strict=True):
+            values = [runs[n].get(key) or 0.0 for n in names]
+            xs = [p + shift for p in positions]
+            ax.bar(xs, values, width, label=label)
+            for x, value in zip(xs, values, strict=True):
+                ax.annotate(f"{value:.1f}", (x, value), ha="center", va="bottom", fontsize=7)
         ax.axhline(revoke["revoke_timeout_s"] + 1, linestyle="--", color="black", linewidth=1)
         ax.set_xticks(positions, [NAMES[n] for n in names], fontsize=8)
         ax.set_title(

@@ -41,7 +41,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from benchmarks.peers.workload import Job
 
-#: seconds between samples of the handled count
+#: seconds between samples of the handled count (Spec.sample_interval_s by default)
 SAMPLE_INTERVAL_S = 0.002
 #: seconds between look-ups of the committed offsets once every record was handled
 COMMIT_CHECK_INTERVAL_S = 0.05
@@ -72,6 +72,9 @@ class Spec:
     #: give up this long after the first poll
     deadline_s: float = 600.0
     rss_interval_s: float = 0.5
+    #: seconds between samples of the handled count: the sampling thread shares the
+    #: consumer process's CPU and GIL, so a slow handler is sampled less often
+    sample_interval_s: float = SAMPLE_INTERVAL_S
     broker_pid: int | None = None
     #: contender-specific settings (arroyo's max_batch_size, ...)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -280,7 +283,7 @@ class Monitor:
                     f"deadline: {count}/{spec.expected} handled after {spec.deadline_s:.0f}s"
                 )
                 self._stop("deadline")
-            time.sleep(SAMPLE_INTERVAL_S)
+            time.sleep(spec.sample_interval_s)
 
     # ------------------------------------------------------------------ commits
 

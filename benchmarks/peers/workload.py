@@ -12,8 +12,8 @@ throughput benchmark uses, with the same iteration count for everyone.
 Optional behaviours, all decided by the message id and marker files in a shared directory so
 that they hold across processes and members, whatever pool runs the handler:
 
-* ``track_dir``: every successful call appends ``<id>\\n`` to ``<track_dir>/<pid>.ids``
-  (flushed at once, so a killed worker loses nothing it reported);
+* ``track_dir``: every successful call appends ``<id> <unix time>\\n`` to
+  ``<track_dir>/<pid>.ids`` (flushed at once, so a killed worker loses nothing it reported);
 * ``fail_every``: ids whose index is ``fail_offset`` modulo ``fail_every`` raise
   :class:`TransientError` on their first attempt (the first process to create the marker
   ``<marker_dir>/fail-<id>`` fails, later attempts succeed);
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +89,7 @@ def handle_id(job: Job, message_id: str | None, seed: int) -> None:
         if _track_file is None:
             path = os.path.join(job.track_dir, f"{os.getpid()}.ids")
             _track_file = open(path, "a", buffering=1)  # noqa: SIM115 (kept open: per worker)
-        _track_file.write(message_id + "\n")
+        _track_file.write(f"{message_id} {time.time():.4f}\n")
 
 
 def handle_value(job: Job, value: bytes | None, seed: int) -> None:
@@ -112,18 +113,33 @@ def make_value(partition: int, index: int, size: int) -> bytes:
     return (head + "x" * pad + '"}').encode()
 
 
-def read_tracked(track_dir: str) -> dict[str, int]:
-    """How many times each id was handled successfully, over every worker of every member."""
-    counts: dict[str, int] = {}
+def _tracked_lines(track_dir: str) -> Iterator[tuple[str, float]]:
+    """(id, wall time) of every successful handling, over every worker of every member."""
     for name in os.listdir(track_dir):
         if not name.endswith(".ids"):
             continue
         with open(os.path.join(track_dir, name)) as lines:
             for line in lines:
-                message_id = line.strip()
-                if message_id:
-                    counts[message_id] = counts.get(message_id, 0) + 1
+                fields = line.split()
+                if len(fields) == 2:
+                    yield fields[0], float(fields[1])
+
+
+def read_tracked(track_dir: str) -> dict[str, int]:
+    """How many times each id was handled successfully, over every worker of every member."""
+    counts: dict[str, int] = {}
+    for message_id, _ in _tracked_lines(track_dir):
+        counts[message_id] = counts.get(message_id, 0) + 1
     return counts
+
+
+def first_handled(track_dir: str) -> dict[str, float]:
+    """When each id was first handled successfully (wall time), by anyone."""
+    first: dict[str, float] = {}
+    for message_id, at in _tracked_lines(track_dir):
+        if at < first.get(message_id, float("inf")):
+            first[message_id] = at
+    return first
 
 
 def handle_record(job: Job, record: Any) -> None:
