@@ -334,6 +334,27 @@ def in_process_cost(iterations: int) -> float:
     return per_call(iterations)
 
 
+def parallel_ceiling(iterations: int, workers: int) -> float:
+    """Calls per second of ``workers`` bare processes running the handler at once, no Kafka
+    and no pool: what this machine gives a perfect pool (the ideal assumes each worker runs
+    as fast as one process alone, which a busy 2-CPU machine does not)."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.peers.measure", str(iterations)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    rate = 0.0
+    for process in processes:
+        out, _ = process.communicate(timeout=120)
+        rate += 1.0 / float(json.loads(out)[0])
+    return rate
+
+
 # --------------------------------------------------------------------------- throughput
 
 
@@ -348,6 +369,8 @@ def throughput(ctx: Context) -> list[dict[str, Any]]:
         topic, ends = new_topic(ctx, f"bench-sbs-{cost.name.replace('.', '_')}", per_partition, 100)
         iterations = calibrate(cost.seconds)
         costs_measured = [in_process_cost(iterations)]
+        ctx.quiet()
+        ceiling = parallel_ceiling(iterations, options.workers)
         runs: dict[str, dict[str, Any]] = {}
         for contender in options.contenders:
             settings = {"max_batch_size": cost.arroyo_batch} if contender == "arroyo" else {}
@@ -387,6 +410,7 @@ def throughput(ctx: Context) -> list[dict[str, Any]]:
             best["ideal_rps"] = ideal
             rate = best.get("first_to_last_rps")
             best["ratio_to_ideal"] = rate / ideal if rate else None
+            best["ratio_to_parallel_ceiling"] = rate / ceiling if rate else None
             handled = int(best.get("handled") or 0)
             best["lost"] = max(0, messages - handled) if best.get("committed_s") else None
             best["duplicates"] = max(0, handled - messages)
@@ -400,6 +424,7 @@ def throughput(ctx: Context) -> list[dict[str, Any]]:
             "iterations": iterations,
             "measured_cost_s": sum(costs_measured) / len(costs_measured),
             "ideal_rps": options.workers * len(costs_measured) / sum(costs_measured),
+            "parallel_ceiling_rps": ceiling,
             "runs": runs,
         }
         if "retriable" in runs and "retriable" in ctx.pythons:
@@ -437,7 +462,9 @@ def describe_throughput(contender: str, r: dict[str, Any]) -> str:
     return (
         f"{contender}: first-to-last {num(r.get('first_to_last_rps'))}/s, "
         f"poll-to-committed {num(r.get('poll_to_committed_rps'))}/s, "
-        f"ratio {num(r.get('ratio_to_ideal'), 3)}, others {r.get('others_share', 0):.1%}"
+        f"ratio {num(r.get('ratio_to_ideal'), 3)} "
+        f"(to bare processes {num(r.get('ratio_to_parallel_ceiling'), 3)}), "
+        f"others {r.get('others_share', 0):.1%}"
         + (f", notes {r['notes']}" if r.get("notes") else "")
     )
 

@@ -69,12 +69,16 @@ def _throughput(entry: dict[str, Any], contenders: Sequence[str]) -> str:
         f"{entry['measured_cost_s'] * 1e6:,.0f} us measured, {entry['messages']:,} messages, "
         f"ideal {entry['ideal_rps']:,.0f} rec/s; target ratio >= {entry['target_ratio']:.2f}"
     )
+    ceiling = entry.get("parallel_ceiling_rps")
+    if ceiling:
+        about += f"; {ceiling:,.0f} rec/s for bare processes running the handler at once"
 
     def row(name: str, r: dict[str, Any]) -> Sequence[object]:
         lost = r.get("lost")
         return (
             num(r.get("first_to_last_rps")),
             num(r.get("ratio_to_ideal"), 2),
+            num(r.get("ratio_to_parallel_ceiling"), 2),
             num(r.get("procpool_over_this"), 2),
             num(r.get("poll_to_committed_rps")),
             num(r.get("middle80_rps")),
@@ -85,6 +89,7 @@ def _throughput(entry: dict[str, Any], contenders: Sequence[str]) -> str:
     columns = (
         "first-to-last rec/s",
         "ratio to ideal",
+        "ratio to bare processes",
         "procpool-kafka ÷ it",
         "poll-to-committed rec/s",
         "middle-80% rec/s",

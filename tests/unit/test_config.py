@@ -51,7 +51,11 @@ def test_required_settings_win_and_defaults_are_overridable() -> None:
     assert settings["enable.auto.offset.store"] is False
     assert settings["auto.offset.reset"] == "latest"
     assert settings["partition.assignment.strategy"] == "cooperative-sticky"
+    assert settings["heartbeat.interval.ms"] == 1000
+    assert settings["queued.max.messages.kbytes"] == 4096
     assert settings["group.id"] == "g"
+    quiet = config(kafka_config={"heartbeat.interval.ms": 3000}).librdkafka_settings()
+    assert quiet["heartbeat.interval.ms"] == 3000
 
 
 def test_single_topic_string_and_default_workers() -> None:
