@@ -15,12 +15,12 @@ from benchmarks.side_by_side import Options, run_all
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_side_by_side_harness_at_tiny_sizes(kafka_bootstrap: str) -> None:
     options = Options(
         bootstrap=kafka_bootstrap,
         contenders=("procpool",),
-        scenarios=("throughput", "retry", "memory"),
+        scenarios=("throughput", "retry", "revoke", "memory"),
         costs=("50us",),
         messages=400,
         retry_messages=400,
@@ -29,6 +29,9 @@ def test_side_by_side_harness_at_tiny_sizes(kafka_bootstrap: str) -> None:
         memory_deadline_s=30.0,
         wait_quiet_s=0.0,
         retries=0,
+        rounds=2,
+        revoke_per_partition=40,
+        revoke_timeout_s=2.0,
         save=False,
         chart=False,
         pythons={"procpool": sys.executable},
@@ -41,6 +44,8 @@ def test_side_by_side_harness_at_tiny_sizes(kafka_bootstrap: str) -> None:
     assert run["handled"] == 400
     assert run["lost"] == 0
     assert run["first_to_last_rps"] and run["ratio_to_ideal"]
+    assert len(run["round_rps"]) == 2
+    assert run["first_to_last_rps"] in run["round_rps"]
 
     retried = document["retry"]["runs"]["procpool"]
     assert retried["error"] is None, retried
@@ -48,6 +53,13 @@ def test_side_by_side_harness_at_tiny_sizes(kafka_bootstrap: str) -> None:
     assert retried["distinct_handled"] == 400
     assert retried["failed_first_attempts"] == 40
     assert retried["all_done_s"] is not None
+
+    revoked = document["revoke"]["runs"]["procpool"]
+    assert revoked["stuck_partition_moved"], revoked
+    assert revoked["lost"] == 0
+    assert revoked["all_committed"]
+    # the stuck record is handled by member 2 after member 1's revoke timeout
+    assert revoked["member2_handled_s"] >= 2.0
 
     drained = document["memory"]["runs"]["procpool"]
     assert drained["error"] is None, drained
