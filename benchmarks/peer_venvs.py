@@ -38,16 +38,37 @@ def venv_root() -> Path:
 
 
 def find_python313() -> str | None:
-    """A Python 3.13 interpreter for retriable-kafka-client, or None."""
+    """A Python 3.13 interpreter for retriable-kafka-client, or None: the first of
+    ``PROCPOOL_BENCH_PY313``, ``python3.13`` on PATH, pyenv's ``~/.pyenv/versions/3.13*``
+    that really runs 3.13 (a pyenv shim on PATH fails when 3.13 is not an active version)."""
+    candidates: list[str] = []
     configured = os.environ.get("PROCPOOL_BENCH_PY313")
     if configured:
-        return configured
+        candidates.append(configured)
     found = shutil.which("python3.13")
     if found:
-        return found
+        candidates.append(found)
     pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
-    candidates = sorted(glob.glob(os.path.join(pyenv_root, "versions", "3.13*", "bin", "python")))
-    return candidates[-1] if candidates else None
+    pattern = os.path.join(pyenv_root, "versions", "3.13*", "bin", "python")
+    candidates.extend(sorted(glob.glob(pattern), reverse=True))
+    for candidate in candidates:
+        if runs_python_313(candidate):
+            return candidate
+    return None
+
+
+def runs_python_313(python: str) -> bool:
+    try:
+        result = subprocess.run(
+            [python, "-c", "import sys; print(sys.version_info[:2] == (3, 13))"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except OSError:
+        return False
+    return result.returncode == 0 and result.stdout.strip() == "True"
 
 
 def base_python() -> str:

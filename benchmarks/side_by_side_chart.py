@@ -101,11 +101,13 @@ def draw(document: dict[str, Any], out: Path) -> None:
             ("member2_done_s", "... and committed"),
         )
         for shift, (key, label) in zip((-width, 0.0, width), bars, strict=True):
-            values = [runs[n].get(key) or 0.0 for n in names]
+            measured = [runs[n].get(key) for n in names]
+            values = [value or 0.0 for value in measured]
             xs = [p + shift for p in positions]
             ax.bar(xs, values, width, label=label)
-            for x, value in zip(xs, values, strict=True):
-                ax.annotate(f"{value:.1f}", (x, value), ha="center", va="bottom", fontsize=7)
+            for x, value in zip(xs, measured, strict=True):
+                text = "never" if value is None else f"{value:.1f}"
+                ax.annotate(text, (x, value or 0.0), ha="center", va="bottom", fontsize=7)
         ax.axhline(revoke["revoke_timeout_s"] + 1, linestyle="--", color="black", linewidth=1)
         ax.set_xticks(positions, [NAMES[n] for n in names], fontsize=8)
         ax.set_title(

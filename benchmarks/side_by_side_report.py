@@ -77,7 +77,7 @@ def _throughput(entry: dict[str, Any], contenders: Sequence[str]) -> str:
         lost = r.get("lost")
         return (
             num(r.get("first_to_last_rps")),
-            num(r.get("ratio_to_ideal"), 2),
+            num(r.get("ratio_to_ideal"), 3),  # 3 digits: 0.965 must not read as 0.97
             num(r.get("ratio_to_parallel_ceiling"), 2),
             num(r.get("procpool_over_this"), 2),
             num(r.get("poll_to_committed_rps")),
