@@ -18,11 +18,12 @@ Each contender runs as a subprocess with its own venv's python (made by
 (see :mod:`benchmarks.peers.common`). Scenarios:
 
 * ``throughput``: handler costs ~5 ms, ~0.5 ms, ~50 us; first handled to last handled, first
-  poll to everything committed, middle 80 %; ratios to the ideal and to each peer;
+  poll to everything committed, middle 80 %; ratios to the ideal, to bare processes running
+  the handler at once, and to each peer; ``--rounds`` interleaved rounds (median reported);
 * ``retry``: 10 % of the messages fail once, retry delay 1 s; time until all are handled and
   committed; every success is tracked per message id (lost, duplicates);
 * ``revoke``: one message's handler sleeps forever on member 1; a second member joins; time
-  until it is assigned and until it has committed everything of its partitions;
+  until it is assigned, until every message of its partitions was handled, and committed;
 * ``memory``: RSS of the consumer process while draining a backlog of 1 KB messages with a
   light handler (sampled every 0.5 s).
 
@@ -138,7 +139,7 @@ class Options:
             revoke_timeout_s=3.0,
             memory_messages=100_000,
             memory_deadline_s=25.0,
-            wait_quiet_s=20.0,
+            wait_quiet_s=5.0,  # a quick run is a smoke check of the peers, not a measurement
             quiet_seconds=1,
             retries=0,
             rounds=1,
