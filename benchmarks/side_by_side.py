@@ -340,8 +340,8 @@ def in_process_cost(iterations: int) -> float:
 
 def parallel_ceiling(iterations: int, workers: int) -> float:
     """Calls per second of ``workers`` bare processes running the handler at once, no Kafka
-    and no pool: what this machine gives a perfect pool (the ideal assumes each worker runs
-    as fast as one process alone, which a busy 2-CPU machine does not)."""
+    and no pool: what this machine gives a perfect pool, a diagnostic beside the ideal (which
+    assumes each worker runs as fast as one process alone). Measured once per cost."""
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "benchmarks.peers.measure", str(iterations)],
