@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -34,22 +34,16 @@ from typing import Any
 import cloudpickle
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from procpool_kafka.batch import EndTargets
-from procpool_kafka.broker_health import (
-    STATS_INTERVAL_MS,
-    BrokerHealth,
-    is_authentication_error,
-)
+from procpool_kafka.broker_health import STATS_INTERVAL_MS, BrokerHealth
+from procpool_kafka.cluster_check import check_cluster, with_librdkafka_logger
 from procpool_kafka.config import ConsumerConfig, redact
 from procpool_kafka.dispatch import BatchSizer, Dispatcher
 from procpool_kafka.errors import (
     BrokerUnavailableError,
     ConfigError,
     HandlerLoadError,
-    TopicNotFoundError,
     WorkerCrashed,
 )
 from procpool_kafka.metrics import Counters, PartitionState, RunSummary, Snapshot
@@ -206,7 +200,7 @@ class ProcPoolConsumer:
         """Check the cluster and topics, start the worker pool, subscribe."""
         if self._consumer is not None:
             return
-        self._check_cluster()
+        check_cluster(self._config)
         pool = WorkerPool(
             self._handler,
             self._config.worker_count,
@@ -219,7 +213,7 @@ class ProcPoolConsumer:
         self._router = FailureRouter(
             self._retry_policies,
             self._config.group_id,
-            self._with_logger(self._config.producer_settings()),
+            with_librdkafka_logger(self._config.producer_settings()),
             self._routed,
             self._counters,
         )
@@ -248,90 +242,12 @@ class ProcPoolConsumer:
         )
 
     def _kafka_settings(self) -> dict[str, Any]:
-        settings = self._with_logger(self._config.librdkafka_settings())
+        settings = with_librdkafka_logger(self._config.librdkafka_settings())
         settings["on_commit"] = self._on_commit
         settings["error_cb"] = self._health.on_error
         settings["stats_cb"] = self._health.on_stats
         settings.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
         return settings
-
-    @staticmethod
-    def _with_logger(settings: Mapping[str, Any]) -> dict[str, Any]:
-        """librdkafka logs go to Python logging (never to stderr directly)."""
-        return {**settings, "logger": logging.getLogger("procpool_kafka.librdkafka")}
-
-    def _check_cluster(self) -> None:
-        """Fail early and clearly: broker unreachable, or topics missing."""
-        settings = self._with_logger(self._config.client_settings())
-        errors: list[KafkaError] = []
-        settings["error_cb"] = errors.append
-        try:
-            admin = AdminClient(settings)
-        except KafkaException as error:
-            raise ConfigError(f"invalid Kafka client settings: {error}") from error
-        metadata = self._cluster_metadata(admin, errors)
-        existing = {
-            name: len(topic.partitions)
-            for name, topic in metadata.topics.items()
-            if topic.error is None
-        }
-        missing = [topic for topic in self._config.topics if topic not in existing]
-        if missing:
-            raise TopicNotFoundError(
-                f"topic(s) not found on {self._config.bootstrap_servers}: {', '.join(missing)}"
-            )
-        routing = [*self._config.retry_topics(), *self._config.dlq_topics()]
-        missing = [topic for topic in routing if topic not in existing]
-        if missing and not self._config.create_topics:
-            raise TopicNotFoundError(
-                f"retry/dead-letter topic(s) not found on {self._config.bootstrap_servers}: "
-                f"{', '.join(missing)} (create them, or set create_topics)"
-            )
-        if missing:
-            self._create_routing_topics(admin, missing, existing)
-
-    def _cluster_metadata(self, admin: AdminClient, errors: list[KafkaError]) -> Any:
-        """The cluster's metadata, asked once a second until connect_timeout; an
-        authentication failure ends the wait at once (it will not go away)."""
-        timeout = self._config.connect_timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            attempt = max(0.1, min(1.0, deadline - time.monotonic()))
-            try:
-                return admin.list_topics(timeout=attempt)
-            except KafkaException as error:
-                admin.poll(0)  # serve error_cb
-                auth = [e for e in errors if is_authentication_error(e)]
-                if auth or time.monotonic() >= deadline:
-                    last = auth or errors
-                    reason = last[-1].str() if last else error.args[0].str()
-                    waited = "" if auth else f" within {timeout:g}s"
-                    raise BrokerUnavailableError(
-                        f"cannot reach Kafka at {self._config.bootstrap_servers}{waited}: {reason}"
-                    ) from error
-
-    def _create_routing_topics(
-        self, admin: AdminClient, missing: list[str], existing: dict[str, int]
-    ) -> None:
-        """Create retry/DLQ topics with the partition count of the base topics they serve."""
-        partitions: dict[str, int] = {}
-        for base in self._config.topics:
-            policy = self._config.policy_of(base)
-            for topic in (*policy.retry_topics, policy.dlq_topic) if policy else ():
-                if topic in missing:
-                    partitions[topic] = max(partitions.get(topic, 1), existing[base])
-        futures = admin.create_topics(
-            [NewTopic(topic, count, -1) for topic, count in partitions.items()],
-            operation_timeout=self._config.connect_timeout,
-        )
-        for topic, future in futures.items():
-            try:
-                future.result(timeout=self._config.connect_timeout)
-            except KafkaException as error:
-                if error.args and error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                    continue
-                raise TopicNotFoundError(f"could not create topic {topic}: {error}") from error
-            log.info("created topic %s with %d partitions", topic, partitions[topic])
 
     def stop(self, force: bool = False) -> None:
         """Ask ``run()`` to stop; safe to call from any thread or signal handler.
