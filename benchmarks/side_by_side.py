@@ -338,25 +338,37 @@ def in_process_cost(iterations: int) -> float:
     return per_call(iterations)
 
 
-def parallel_ceiling(iterations: int, workers: int) -> float:
-    """Calls per second of ``workers`` bare processes running the handler at once, no Kafka
-    and no pool: what this machine gives a perfect pool, a diagnostic beside the ideal (which
-    assumes each worker runs as fast as one process alone). Measured once per cost."""
+def measure_in_processes(python: str, iterations: int, copies: int) -> list[float | None]:
+    """Per-call seconds of the handler from ``copies`` ``benchmarks.peers.measure`` processes
+    of ``python`` running at the same time (None for one whose output is not a cost)."""
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.peers.measure", str(iterations)],
+            [python, "-m", "benchmarks.peers.measure", str(iterations)],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=subprocess.PIPE,
             text=True,
         )
-        for _ in range(workers)
+        for _ in range(copies)
     ]
-    rate = 0.0
+    costs: list[float | None] = []
     for process in processes:
         out, _ = process.communicate(timeout=120)
-        rate += 1.0 / float(json.loads(out)[0])
-    return rate
+        try:
+            costs.append(float(json.loads(out)[0]))
+        except (ValueError, IndexError):
+            costs.append(None)
+    return costs
+
+
+def parallel_ceiling(iterations: int, workers: int) -> float:
+    """Calls per second of ``workers`` bare processes running the handler at once, no Kafka
+    and no pool: what this machine gives a perfect pool, a diagnostic beside the ideal (which
+    assumes each worker runs as fast as one process alone). Measured once per cost."""
+    costs = measure_in_processes(sys.executable, iterations, workers)
+    if any(cost is None for cost in costs):
+        raise ValueError("a bare handler process did not report its per-call cost")
+    return sum(1.0 / cost for cost in costs if cost is not None)
 
 
 # --------------------------------------------------------------------------- throughput
@@ -479,18 +491,7 @@ def throughput_run(
 
 def other_python_cost(python: str, iterations: int) -> float | None:
     """The handler's per-call cost in another interpreter (retriable's Python 3.13)."""
-    result = subprocess.run(
-        [python, "-m", "benchmarks.peers.measure", str(iterations)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    try:
-        return float(json.loads(result.stdout)[0])
-    except (ValueError, IndexError):
-        return None
+    return measure_in_processes(python, iterations, 1)[0]
 
 
 def describe_throughput(contender: str, r: dict[str, Any]) -> str:
