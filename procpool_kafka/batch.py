@@ -47,8 +47,9 @@ class EndTargets:
     def remaining(self) -> list[TopicPartition]:
         return [tp for tp in self._targets if tp not in self._reached]
 
-    def target(self, tp: TopicPartition) -> int | None:
-        return self._targets.get(tp)
+    def items(self) -> Iterable[tuple[TopicPartition, int]]:
+        """(partition, end offset) of every target."""
+        return self._targets.items()
 
     @property
     def complete(self) -> bool:

@@ -33,6 +33,7 @@ from procpool_kafka.consumer import ProcPoolConsumer
 from procpool_kafka.errors import (
     BrokerUnavailableError,
     ConfigError,
+    EndNotCommittedError,
     HandlerLoadError,
     ProcPoolKafkaError,
     TopicNotFoundError,
@@ -206,10 +207,15 @@ class SignalStopper:
 
 
 def print_summary(summary: RunSummary) -> None:
+    end = summary.end_commit
+    committed = (
+        "" if end is None else f" committed={end.partitions - len(end.short)}/{end.partitions}"
+    )
     print(
         f"summary: ok={summary.records_ok} retried={summary.records_retried} "
         f"dead-lettered={summary.records_dead_lettered} failed-attempts={summary.records_failed} "
-        f"duration={summary.duration_s:.1f}s throughput={summary.records_per_s:.0f} records/s",
+        f"duration={summary.duration_s:.1f}s throughput={summary.records_per_s:.0f} records/s"
+        f"{committed}",
         flush=True,
     )
 
@@ -245,6 +251,10 @@ def run_command(args: argparse.Namespace) -> int:
             reporter = ProgressReporter(consumer.progress, values["progress_interval"])
             reporter.start()
         summary = consumer.run(until_end=values["until_end"], wait_retries=values["wait_retries"])
+    except EndNotCommittedError as error:
+        if isinstance(error.summary, RunSummary):
+            print_summary(error.summary)
+        raise
     finally:
         if reporter is not None:
             reporter.stop()

@@ -7,15 +7,18 @@ of a consumer that waits forever.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from procpool_kafka.broker_calls import call_with_retry, kafka_error
 from procpool_kafka.broker_health import is_authentication_error
 from procpool_kafka.config import ConsumerConfig
 from procpool_kafka.errors import BrokerUnavailableError, ConfigError, TopicNotFoundError
@@ -38,65 +41,123 @@ def check_cluster(config: ConsumerConfig) -> None:
         admin = AdminClient(settings)
     except KafkaException as error:
         raise ConfigError(f"invalid Kafka client settings: {error}") from error
-    metadata = _cluster_metadata(admin, config, errors)
-    topics = metadata.topics.items()
-    existing = {name: len(topic.partitions) for name, topic in topics if topic.error is None}
-    missing = [topic for topic in config.topics if topic not in existing]
-    if missing:
-        raise TopicNotFoundError(
-            f"topic(s) not found on {config.bootstrap_servers}: {', '.join(missing)}"
-        )
+    deadline = time.monotonic() + config.connect_timeout
+    existing = _topic_partitions(admin, config, errors, deadline)
+    missing_base = [topic for topic in config.topics if topic not in existing]
     routing = [*config.retry_topics(), *config.dlq_topics()]
-    missing = [topic for topic in routing if topic not in existing]
-    if missing and not config.create_topics:
-        raise TopicNotFoundError(
-            f"retry/dead-letter topic(s) not found on {config.bootstrap_servers}: "
-            f"{', '.join(missing)} (create them, or set create_topics)"
+    missing_routing = [topic for topic in routing if topic not in existing]
+    if missing_base or (missing_routing and not config.create_topics):
+        raise TopicNotFoundError(_missing_topics_message(config, missing_base, missing_routing))
+    if missing_routing:
+        _create_routing_topics(admin, config, missing_routing, existing, deadline)
+
+
+def _missing_topics_message(
+    config: ConsumerConfig, missing_base: list[str], missing_routing: list[str]
+) -> str:
+    """One line naming every missing topic (base topics, and routing topics unless created)."""
+    parts = []
+    if missing_base:
+        parts.append(f"topic(s) {', '.join(missing_base)}")
+    if missing_routing and not config.create_topics:
+        parts.append(f"retry/dead-letter topic(s) {', '.join(missing_routing)}")
+    hint = ""
+    if missing_routing and not config.create_topics:
+        hint = " (create them, or set create_topics)"
+    return f"not found on {config.bootstrap_servers}: {'; '.join(parts)}{hint}"
+
+
+def _topic_partitions(
+    admin: AdminClient, config: ConsumerConfig, errors: list[KafkaError], deadline: float
+) -> dict[str, int]:
+    """Partition counts of the cluster's topics, asked until ``deadline``; an authentication
+    failure (reported through error_cb) ends the wait at once: it will not go away."""
+
+    def authentication_failed() -> BaseException | None:
+        admin.poll(0)  # serve error_cb
+        auth = [e for e in errors if is_authentication_error(e)]
+        if not auth:
+            return None
+        return BrokerUnavailableError(
+            f"cannot reach Kafka at {config.bootstrap_servers}: {auth[-1].str()}"
         )
-    if missing:
-        _create_routing_topics(admin, config, missing, existing)
 
+    def unreachable() -> BrokerUnavailableError:
+        reason = errors[-1].str() if errors else "no broker answered"
+        return BrokerUnavailableError(
+            f"cannot reach Kafka at {config.bootstrap_servers} within "
+            f"{config.connect_timeout:g}s: {reason}"
+        )
 
-def _cluster_metadata(admin: AdminClient, config: ConsumerConfig, errors: list[KafkaError]) -> Any:
-    """The cluster's metadata, asked once a second until connect_timeout; an authentication
-    failure ends the wait at once (it will not go away)."""
-    timeout = config.connect_timeout
-    deadline = time.monotonic() + timeout
-    while True:
-        attempt = max(0.1, min(1.0, deadline - time.monotonic()))
-        try:
-            return admin.list_topics(timeout=attempt)
-        except KafkaException as error:
-            admin.poll(0)  # serve error_cb
-            auth = [e for e in errors if is_authentication_error(e)]
-            if auth or time.monotonic() >= deadline:
-                last = auth or errors
-                reason = last[-1].str() if last else error.args[0].str()
-                waited = "" if auth else f" within {timeout:g}s"
-                raise BrokerUnavailableError(
-                    f"cannot reach Kafka at {config.bootstrap_servers}{waited}: {reason}"
-                ) from error
+    try:
+        metadata = call_with_retry(
+            "cluster metadata",
+            lambda timeout: admin.list_topics(timeout=timeout),
+            deadline,
+            give_up=authentication_failed,
+            max_attempt=1.0,
+        )
+    except BrokerUnavailableError as error:
+        verdict = authentication_failed()
+        raise (verdict or unreachable()) from error
+    return {
+        name: len(topic.partitions)
+        for name, topic in metadata.topics.items()
+        if topic.error is None
+    }
 
 
 def _create_routing_topics(
-    admin: AdminClient, config: ConsumerConfig, missing: list[str], existing: dict[str, int]
+    admin: AdminClient,
+    config: ConsumerConfig,
+    missing: list[str],
+    existing: dict[str, int],
+    deadline: float,
 ) -> None:
-    """Create retry/DLQ topics with the partition count of the base topics they serve."""
+    """Create retry/DLQ topics with the partition count of the base topics they serve, and
+    wait until every new partition has a leader (produce and fetch work at once)."""
     partitions: dict[str, int] = {}
     for base in config.topics:
         policy = config.policy_of(base)
         for topic in (*policy.retry_topics, policy.dlq_topic) if policy else ():
             if topic in missing:
                 partitions[topic] = max(partitions.get(topic, 1), existing[base])
-    futures = admin.create_topics(
-        [NewTopic(topic, count, -1) for topic, count in partitions.items()],
-        operation_timeout=config.connect_timeout,
-    )
-    for topic, future in futures.items():
-        try:
-            future.result(timeout=config.connect_timeout)
-        except KafkaException as error:
-            if error.args and error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue
-            raise TopicNotFoundError(f"could not create topic {topic}: {error}") from error
-        log.info("created topic %s with %d partitions", topic, partitions[topic])
+    for topic, count in partitions.items():
+        call_with_retry(
+            f"creating topic {topic}", partial(_create_topic, admin, topic, count), deadline
+        )
+        call_with_retry(
+            f"leaders of the new topic {topic}",
+            partial(_require_leaders, admin, topic, count),
+            deadline,
+            retry_unknown_topic=True,
+        )
+        log.info("created topic %s with %d partitions", topic, count)
+
+
+def _create_topic(admin: AdminClient, topic: str, partitions: int, timeout: float) -> None:
+    """Create ``topic``; one that exists already (another member was first) is fine."""
+    future = admin.create_topics(
+        [NewTopic(topic, partitions, -1)], operation_timeout=timeout, request_timeout=timeout
+    )[topic]
+    try:
+        future.result(timeout=timeout + 1.0)
+    except KafkaException as exception:
+        error = kafka_error(exception)
+        if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return
+        raise
+    except concurrent.futures.TimeoutError:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "topic creation")) from None
+
+
+def _require_leaders(admin: AdminClient, topic: str, partitions: int, timeout: float) -> None:
+    """Raise LEADER_NOT_AVAILABLE until each of the ``partitions`` of ``topic`` has a leader."""
+    metadata = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None:
+        raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic}"))
+    if metadata.error is not None:
+        raise KafkaException(metadata.error)
+    ready = [p for p in metadata.partitions.values() if p.leader >= 0 and p.error is None]
+    if len(metadata.partitions) < partitions or len(ready) < partitions:
+        raise KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE, f"topic {topic}"))

@@ -23,11 +23,13 @@ revoke_timeout); at most max_in_flight records are queued or running.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -36,6 +38,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from procpool_kafka.batch import EndTargets
+from procpool_kafka.broker_calls import call_with_retry, checked
 from procpool_kafka.broker_health import STATS_INTERVAL_MS, BrokerHealth
 from procpool_kafka.cluster_check import check_cluster, with_librdkafka_logger
 from procpool_kafka.config import ConsumerConfig, redact
@@ -43,10 +46,13 @@ from procpool_kafka.dispatch import BatchSizer, Dispatcher
 from procpool_kafka.errors import (
     BrokerUnavailableError,
     ConfigError,
+    EndNotCommittedError,
     HandlerLoadError,
+    KafkaCallError,
+    ProcPoolKafkaError,
     WorkerCrashed,
 )
-from procpool_kafka.metrics import Counters, PartitionState, RunSummary, Snapshot
+from procpool_kafka.metrics import Counters, EndCommit, PartitionState, RunSummary, Snapshot
 from procpool_kafka.offsets import OffsetTracker
 from procpool_kafka.outcomes import FailureRouter
 from procpool_kafka.pausing import PauseBook, PauseReason
@@ -88,6 +94,8 @@ RESUME_FRACTION = 0.75
 SNAPSHOT_INTERVAL = 1.0
 #: seconds between look-ups of the group's commits for batch targets owned by other members
 REMOTE_COMMIT_CHECK_INTERVAL = 5.0
+#: longest time a synchronous commit (revoke, stop) retries transient errors
+SYNC_COMMIT_SECONDS = 10.0
 
 
 @dataclass
@@ -288,14 +296,20 @@ class ProcPoolConsumer:
     # ------------------------------------------------------------------ the loop
 
     def run(self, until_end: bool = False, wait_retries: bool = False) -> RunSummary:
-        """Consume until ``stop()``; then drain, commit and return what happened.
+        """Consume until ``stop()``; then drain, commit and return what this run did.
 
         With ``until_end`` (batch mode), stop by itself once every partition of the subscribed
-        topics (retry topics included) is committed up to its end offset as of the start.
+        topics (retry topics included) is committed up to its end offset as of the start of
+        this call; raises :class:`EndNotCommittedError` when the final commit falls short.
         Retry copies produced during the run hold it open only with ``wait_retries``.
+        ``run()`` may be called again (a warm pool for the next batch): each call computes
+        fresh end targets and returns the summary of that call only. A KeyboardInterrupt
+        stops it gracefully (a second one forces the stop), like SIGINT in the CLI.
         """
         self.open()
         started = time.monotonic()
+        baseline = self._counters.copy()
+        self._targets = None
         if until_end:
             self._targets = self._end_targets()
             self._wait_retries = wait_retries
@@ -305,18 +319,34 @@ class ProcPoolConsumer:
                 len(self._targets.remaining()),
             )
         self._running = True
+        reached_end = False
         try:
-            while not self._stop_requested.is_set():
-                self._step()
-                if self._targets is not None and self._batch_complete():
-                    log.info("reached the end of every partition")
-                    break
-            self._shutdown()
+            try:
+                while not self._stop_requested.is_set():
+                    self._step()
+                    if self._targets is not None and self._batch_complete():
+                        log.info("reached the end of every partition")
+                        reached_end = True
+                        break
+            except KeyboardInterrupt:
+                log.warning("KeyboardInterrupt: stopping gracefully (again to force)")
+                self._stop_requested.set()
+            self._shutdown_interruptibly()
+            self._rewind_unfinished()
         finally:
             self._running = False
+            self._stop_requested.clear()
+            self._force_stop = False
             self._publish_snapshot()
-        summary = self._counters.summary(time.monotonic() - started)
+        committed = self._end_commit_report() if reached_end else None
+        summary = self._counters.summary(time.monotonic() - started, since=baseline)
+        summary = dataclasses.replace(summary, end_commit=committed)
         log.info("stopped: %s", summary.describe())
+        if committed is not None and not committed.complete:
+            raise EndNotCommittedError(
+                f"reached the end, but the final commit fell short: {committed.describe()}",
+                summary,
+            )
         return summary
 
     # ------------------------------------------------------------------ batch mode
@@ -324,21 +354,55 @@ class ProcPoolConsumer:
     def _end_targets(self) -> EndTargets:
         """End offsets now, and the group's start positions, of every subscribed partition."""
         consumer = self._require_consumer()
-        timeout = self._config.connect_timeout
+        deadline = time.monotonic() + self._config.connect_timeout
         partitions: list[KafkaTopicPartition] = []
         for topic in self._config.subscribed_topics():
-            metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            metadata = call_with_retry(
+                f"metadata of topic {topic}",
+                partial(_topic_metadata, consumer, topic),
+                deadline,
+                retry_unknown_topic=True,  # a routing topic created a moment ago
+            )
             partitions.extend(KafkaTopicPartition(topic, p) for p in sorted(metadata.partitions))
-        committed = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in consumer.committed(partitions, timeout=timeout)
-        }
+        committed = self._group_committed(partitions, deadline)
         targets = EndTargets()
         for tp in partitions:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-            start = committed.get((tp.topic, tp.partition), -1)
+            low, high = call_with_retry(
+                f"end offsets of {tp.topic}[{tp.partition}]",
+                partial(_watermarks, consumer, tp),
+                deadline,
+                retry_unknown_topic=True,
+            )
+            start = committed.get(TopicPartition(tp.topic, tp.partition), -1)
             targets.add(TopicPartition(tp.topic, tp.partition), max(start, low), high)
         return targets
+
+    def _group_committed(
+        self, partitions: list[KafkaTopicPartition], deadline: float
+    ) -> dict[TopicPartition, int]:
+        """The group's committed offsets of ``partitions`` (negative: none), retried until
+        ``deadline`` while the group coordinator is loading or moving."""
+        consumer = self._require_consumer()
+        found = call_with_retry(
+            f"committed offsets of group {self._config.group_id!r}",
+            lambda timeout: checked(consumer.committed(partitions, timeout=timeout)),
+            deadline,
+        )
+        return {TopicPartition(tp.topic, tp.partition): tp.offset for tp in found}
+
+    def _end_commit_report(self) -> EndCommit:
+        """What the group has committed of the batch targets, read back from the broker."""
+        targets = self._targets
+        assert targets is not None
+        wanted = [KafkaTopicPartition(tp.topic, tp.partition) for tp in targets.partitions()]
+        deadline = time.monotonic() + self._config.connect_timeout
+        committed = self._group_committed(wanted, deadline) if wanted else {}
+        short = tuple(
+            f"{tp.topic}[{tp.partition}] committed {committed.get(tp, -1)}, end {end}"
+            for tp, end in targets.items()
+            if committed.get(tp, -1) < end
+        )
+        return EndCommit(partitions=len(wanted), short=short)
 
     def _batch_complete(self) -> bool:
         targets = self._targets
@@ -356,10 +420,12 @@ class ProcPoolConsumer:
                 committed = self._require_consumer().committed(
                     [KafkaTopicPartition(tp.topic, tp.partition) for tp in foreign], timeout=1.0
                 )
-            except KafkaException:
+            except KafkaException as error:
+                log.debug("reading the group's commits failed (trying again later): %s", error)
                 return False
             for tp in committed:
-                targets.reach(TopicPartition(tp.topic, tp.partition), tp.offset)
+                if tp.error is None:
+                    targets.reach(TopicPartition(tp.topic, tp.partition), tp.offset)
         return targets.complete
 
     def _step(self) -> None:
@@ -476,7 +542,7 @@ class ProcPoolConsumer:
         if error.code() == KafkaError._PARTITION_EOF:
             return
         if error.fatal():
-            raise KafkaException(error)
+            raise KafkaCallError(f"fatal Kafka consumer error: {error.str()}")
         log.warning("consumer error: %s", error.str())
 
     def _submitted(self, task_id: int, records: list[Record]) -> None:
@@ -643,6 +709,8 @@ class ProcPoolConsumer:
             if not unsettled and not router.pending(tps):
                 break
             now = time.monotonic()
+            if self._force_stop:
+                deadline = min(deadline, now)  # a forced stop during a graceful drain
             if now >= deadline:
                 for item in running_in(pool.running(), tps):
                     if item.pid not in killed:
@@ -669,13 +737,18 @@ class ProcPoolConsumer:
         }
 
     def _forget(self, tps: set[TopicPartition]) -> None:
+        """The partitions left this consumer (revoked or lost)."""
+        self._drop_partition_state(tps)
+        self._require_pauses().forget(tps)
+        self._owned.difference_update(tps)
+
+    def _drop_partition_state(self, tps: set[TopicPartition]) -> None:
+        """Forget the records of ``tps`` in flight, their offsets and pending copies."""
         for key in [k for k, e in self._inflight.items() if e.record.topic_partition in tps]:
             del self._inflight[key]
         for tp in tps:
             self._tracker.forget(tp)
-        self._require_pauses().forget(tps)
         self._require_router().forget(tps)
-        self._owned.difference_update(tps)
 
     # ------------------------------------------------------------------ commits
 
@@ -684,6 +757,7 @@ class ProcPoolConsumer:
         if now - self._last_commit < self._config.commit_interval:
             return
         self._last_commit = now
+        self._advance_idle_partitions()
         due = self._tracker.commits_due(self._owned)
         if not due:
             return
@@ -696,7 +770,40 @@ class ProcPoolConsumer:
         for tp, position in due.items():
             self._tracker.mark_committed(tp, position)
 
-    def _commit_sync(self, tps: Iterable[TopicPartition]) -> None:
+    def _advance_idle_partitions(self) -> None:
+        """Move the commit position of idle partitions to librdkafka's position.
+
+        A transactional producer leaves commit/abort markers (and aborted records) that are
+        never delivered, so "last done + 1" can stay below the end for good. A partition whose
+        every delivered record is done (nothing pending, not paused, nothing discarded for a
+        seek back) may commit librdkafka's position: every offset below it was delivered and
+        handled, or was a marker.
+        """
+        pauses = self._require_pauses()
+        idle = [
+            tp
+            for tp in self._owned
+            if not self._tracker.pending_count(tp) and not pauses.is_paused(tp)
+        ]
+        if not idle:
+            return
+        try:
+            positions = self._require_consumer().position(
+                [KafkaTopicPartition(tp.topic, tp.partition) for tp in idle]
+            )
+        except KafkaException as error:
+            log.debug("reading positions failed: %s", error)
+            return
+        for tp in positions:
+            if tp.error is None and tp.offset >= 0:
+                self._tracker.advance_idle(TopicPartition(tp.topic, tp.partition), tp.offset)
+
+    def _commit_sync(self, tps: Iterable[TopicPartition], serve_rebalance: bool = False) -> None:
+        """Commit the positions of ``tps`` now, retrying transient errors for a bounded time.
+
+        ``serve_rebalance`` (outside a rebalance callback only): REBALANCE_IN_PROGRESS is
+        waited out by polling the consumer, which serves the rebalance.
+        """
         offsets = []
         for tp in tps:
             position = self._tracker.position(tp)
@@ -704,15 +811,36 @@ class ProcPoolConsumer:
                 offsets.append(KafkaTopicPartition(tp.topic, tp.partition, position))
         if not offsets:
             return
+        consumer = self._require_consumer()
+        deadline = time.monotonic() + min(self._config.connect_timeout, SYNC_COMMIT_SECONDS)
+        wanted = [tp for tp in offsets if TopicPartition(tp.topic, tp.partition) in self._owned]
+
+        def commit(_timeout: float) -> None:
+            # a rebalance served meanwhile may have revoked (and committed) some of them
+            still_owned = [t for t in wanted if TopicPartition(t.topic, t.partition) in self._owned]
+            if still_owned:
+                checked(consumer.commit(offsets=still_owned, asynchronous=False))
+
         try:
-            self._require_consumer().commit(offsets=offsets, asynchronous=False)
-        except KafkaException as error:
-            log.warning("synchronous commit of %s failed: %s", _describe(offsets), error)
+            call_with_retry(
+                f"committing {_describe(offsets)}",
+                commit,
+                deadline,
+                retry_rebalance=serve_rebalance,
+                wait=self._serve_callbacks if serve_rebalance else time.sleep,
+            )
+        except ProcPoolKafkaError as error:
+            log.warning("synchronous commit failed: %s", error)
             return
         for offset in offsets:
             self._tracker.mark_committed(
                 TopicPartition(offset.topic, offset.partition), offset.offset
             )
+
+    def _serve_callbacks(self, seconds: float) -> None:
+        """Poll for ``seconds`` so that librdkafka serves rebalances (records of paused
+        partitions that still arrive are discarded and fetched again later)."""
+        self._accept(self._require_consumer().consume(1, timeout=seconds))
 
     def _on_commit(self, error: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
         if error is None:
@@ -732,9 +860,42 @@ class ProcPoolConsumer:
         log.info("stopping: draining running work (up to %gs)", timeout)
         owned = set(self._owned)
         if owned:
-            self._require_pauses().pause(owned, PauseReason.BACKPRESSURE)
+            self._require_pauses().pause(owned, PauseReason.STOPPING)
             self._drain(owned, timeout, KillReason.STOP_TIMEOUT)
-            self._commit_sync(owned)
+            self._commit_sync(owned, serve_rebalance=True)
+
+    def _shutdown_interruptibly(self) -> None:
+        """``_shutdown``; a KeyboardInterrupt meanwhile forces it (running work is killed)."""
+        while True:
+            try:
+                self._shutdown()
+                return
+            except KeyboardInterrupt:
+                if self._force_stop:
+                    raise
+                log.warning("KeyboardInterrupt again: forcing the stop")
+                self._force_stop = True
+
+    def _rewind_unfinished(self) -> None:
+        """After a run: fetch again, in a later run, what this one left unfinished.
+
+        The stop dropped queued work, held retry records and killed what outlived the
+        deadline; none of it is done, so none of it is committed. Each owned partition is
+        sought back to its first unfinished offset and resumed, as a restart would resume
+        from the commit, so that a later ``run()`` on this consumer sees those records again.
+        """
+        pauses = self._require_pauses()
+        unfinished = {}
+        for tp in self._owned:
+            first = self._tracker.first_pending(tp)
+            if first is not None:
+                unfinished[tp] = first
+        self._drop_partition_state(set(unfinished))
+        for tp, first in unfinished.items():
+            pauses.discarded(tp, first)  # sought back there when the pause is released
+        owned = sorted(self._owned)
+        pauses.release(owned, PauseReason.NOT_DUE)  # the held records were dropped
+        pauses.release(owned, PauseReason.STOPPING)
 
     # ------------------------------------------------------------------ observability
 
@@ -824,3 +985,18 @@ class ProcPoolConsumer:
 def _describe(partitions: Iterable[Any]) -> str:
     items = sorted(f"{p.topic}[{p.partition}]" for p in partitions)
     return ", ".join(items) if items else "(none)"
+
+
+def _topic_metadata(consumer: Consumer, topic: str, timeout: float) -> Any:
+    """The metadata of ``topic``; its error (e.g. LEADER_NOT_AVAILABLE) raised."""
+    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None:
+        raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic}"))
+    if metadata.error is not None:
+        raise KafkaException(metadata.error)
+    return metadata
+
+
+def _watermarks(consumer: Consumer, tp: KafkaTopicPartition, timeout: float) -> tuple[int, int]:
+    low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+    return int(low), int(high)

@@ -23,6 +23,25 @@ class BrokerUnavailableError(ProcPoolKafkaError):
     """The cluster did not answer within the configured timeout."""
 
 
+class KafkaCallError(ProcPoolKafkaError):
+    """A call to Kafka failed with an error that waiting does not cure (e.g. authorization)."""
+
+
+class ProducerFailedError(ProcPoolKafkaError):
+    """The retry/dead-letter producer failed fatally and could not be replaced."""
+
+
+class EndNotCommittedError(ProcPoolKafkaError):
+    """A batch run reached the end, but the committed offsets fall short of it.
+
+    ``summary`` is the run's RunSummary (what was handled and what was committed).
+    """
+
+    def __init__(self, message: str, summary: object) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class RecordFailure(Exception):
     """Base of the failures the pool reports in place of a handler exception."""
 

@@ -60,17 +60,57 @@ class Counters:
     rebalances: int = 0
     durations: DurationHistogram = field(default_factory=DurationHistogram)
 
-    def summary(self, duration: float) -> RunSummary:
-        ok = sum(self.succeeded.values())
-        failed = sum(self.failed.values())
+    def copy(self) -> Counters:
+        """An independent copy (the totals at one moment, e.g. when a run starts)."""
+        return Counters(
+            consumed=Counter(self.consumed),
+            succeeded=Counter(self.succeeded),
+            failed=Counter(self.failed),
+            retried=Counter(self.retried),
+            dead_lettered=Counter(self.dead_lettered),
+            produce_failures=Counter(self.produce_failures),
+            unroutable=Counter(self.unroutable),
+            worker_kills=Counter(self.worker_kills),
+            worker_crashes=self.worker_crashes,
+            rebalances=self.rebalances,
+            durations=self.durations.copy(),
+        )
+
+    def summary(self, duration: float, since: Counters | None = None) -> RunSummary:
+        """What happened since ``since`` (the counters at the start of a run), or in all."""
+        base = since if since is not None else Counters()
+
+        def total(now: Counter[str], then: Counter[str]) -> int:
+            return sum(now.values()) - sum(then.values())
+
+        ok = total(self.succeeded, base.succeeded)
+        failed = total(self.failed, base.failed)
         return RunSummary(
             records_ok=ok,
             records_failed=failed,
-            records_retried=sum(self.retried.values()),
-            records_dead_lettered=sum(self.dead_lettered.values()),
+            records_retried=total(self.retried, base.retried),
+            records_dead_lettered=total(self.dead_lettered, base.dead_lettered),
             duration_s=duration,
             records_per_s=(ok + failed) / duration if duration > 0 else 0.0,
+            worker_crashes=self.worker_crashes - base.worker_crashes,
         )
+
+
+@dataclass(frozen=True)
+class EndCommit:
+    """What a batch run found committed at its end: ``short`` lists partitions below it."""
+
+    partitions: int
+    short: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return not self.short
+
+    def describe(self) -> str:
+        reached = self.partitions - len(self.short)
+        text = f"{reached}/{self.partitions} partitions committed to the end"
+        return text if self.complete else f"{text}; {'; '.join(self.short)}"
 
 
 @dataclass(frozen=True)
@@ -83,12 +123,17 @@ class RunSummary:
     records_dead_lettered: int
     duration_s: float
     records_per_s: float
+    #: worker processes that died while running a record (not counting kills we ordered)
+    worker_crashes: int = 0
+    #: batch runs that reached the end: what the group committed of it (else None)
+    end_commit: EndCommit | None = None
 
     def describe(self) -> str:
+        committed = "" if self.end_commit is None else f"; {self.end_commit.describe()}"
         return (
             f"records ok={self.records_ok} failed={self.records_failed} "
             f"retried={self.records_retried} dead-lettered={self.records_dead_lettered} "
-            f"in {self.duration_s:.1f}s ({self.records_per_s:.0f} records/s)"
+            f"in {self.duration_s:.1f}s ({self.records_per_s:.0f} records/s){committed}"
         )
 
 

@@ -84,6 +84,23 @@ class OffsetTracker:
         state = self._partitions.get(tp)
         return 0 if state is None else len(state.pending)
 
+    def first_pending(self, tp: TopicPartition) -> int | None:
+        """The lowest received offset of ``tp`` that is not done, or None."""
+        state = self._partitions.get(tp)
+        return state.pending[0] if state is not None and state.pending else None
+
+    def advance_idle(self, tp: TopicPartition, position: int) -> None:
+        """Nothing received of ``tp`` is pending and the client's fetch position is
+        ``position``: offsets below it that were never received (transaction markers,
+        aborted records) cannot hold the commit back, so the position may move there."""
+        state = self._partitions.get(tp)
+        if state is None:
+            state = self._partitions[tp] = _PartitionOffsets()
+        if state.pending or position <= state.last_received:
+            return
+        if state.position is None or position > state.position:
+            state.position = position
+
     def commits_due(
         self, partitions: Iterable[TopicPartition] | None = None
     ) -> dict[TopicPartition, int]:

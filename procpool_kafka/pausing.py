@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 class PauseReason(StrEnum):
     BACKPRESSURE = "backpressure"
     NOT_DUE = "not-due"
+    STOPPING = "stopping"  # a run is stopping: fetch nothing more
 
 
 PartitionsAction = Callable[[list[TopicPartition]], None]
