@@ -56,7 +56,14 @@ from procpool_kafka.metrics import Counters, EndCommit, PartitionState, RunSumma
 from procpool_kafka.offsets import OffsetTracker
 from procpool_kafka.outcomes import FailureRouter
 from procpool_kafka.pausing import PauseBook, PauseReason
-from procpool_kafka.pool import HandlerError, PoolEvent, RecordAborted, RecordFinished, WorkerPool
+from procpool_kafka.pool import (
+    HandlerError,
+    PoolEvent,
+    RecordAborted,
+    RecordFinished,
+    RunningRecord,
+    WorkerPool,
+)
 from procpool_kafka.records import Record, TopicPartition, message_headers, record_from_message
 from procpool_kafka.retry import (
     Decision,
@@ -639,13 +646,15 @@ class ProcPoolConsumer:
         if not running:
             return
         for order in self._supervisor.overdue(running, time.monotonic(), self._owned.__contains__):
-            self._kill(order.pid, order.reason, order.running.record)
+            self._kill(order.reason, order.running)
         self._supervisor.prune_orphans(item.record.topic_partition for item in running)
 
-    def _kill(self, pid: int, reason: KillReason, record: Record) -> None:
-        log.warning("killing worker %d running %r: %s", pid, record, reason.value)
+    def _kill(self, reason: KillReason, running: RunningRecord) -> None:
+        pid = running.pid
+        if not self._require_pool().kill(pid, reason.value, running):
+            return  # already being killed (the supervisor sees it running until it is gone)
+        log.warning("killing worker %d running %r: %s", pid, running.record, reason.value)
         self._counters.worker_kills[reason.value] += 1
-        self._require_pool().kill(pid, reason.value)
 
     def _apply_backpressure(self) -> None:
         pauses = self._require_pauses()
@@ -715,7 +724,7 @@ class ProcPoolConsumer:
                 for item in running_in(pool.running(), tps):
                     if item.pid not in killed:
                         killed.add(item.pid)
-                        self._kill(item.pid, reason, item.record)
+                        self._kill(reason, item)
                 if not running_in(pool.running(), tps) and not killed:
                     break  # nothing runs any more; what is left was cancelled unstarted
                 if now >= deadline + 10.0:

@@ -331,6 +331,7 @@ class _Worker:
     writing: bool = False  # registered for EVENT_WRITE
     eof: bool = False
     kill_reason: str = ""
+    kill_target: tuple[int, Record] | None = None  # (task id, record) the kill is meant for
     deadline: float | None = None  # SIGKILL when passed
 
 
@@ -622,23 +623,28 @@ class WorkerPool:
                     break
         return result
 
-    def kill(self, pid: int, reason: str) -> None:
+    def kill(self, pid: int, reason: str, target: RunningRecord | None = None) -> bool:
         """SIGTERM worker ``pid`` now; collect() SIGKILLs it after ``kill_grace``.
 
         When it is gone, the record it was running is reported as
         RecordAborted(killed=True, reason=reason) and its unstarted records go
-        to other workers. Unknown pid: no-op.
+        to other workers. With ``target`` (what running() showed), a record the
+        worker started after finishing the target is collateral: it is queued
+        again, not aborted. Returns False (and does nothing) for an unknown pid
+        or a worker already being killed or gone.
         """
         worker = self._by_pid.get(pid)
         if worker is None or worker.state not in (_State.READY, _State.STARTING):
-            return
+            return False
         if worker.state is _State.READY:
             self._ready.remove(worker)
         worker.state = _State.KILLING
         worker.kill_reason = reason
+        worker.kill_target = None if target is None else (target.task_id, target.record)
         worker.deadline = time.monotonic() + self._kill_grace
         logger.info("killing worker %d: %s", pid, reason)
         _signal(pid, signal.SIGTERM)
+        return True
 
     def pids(self) -> list[int]:
         """Pids of the worker processes that are alive (or not yet known dead)."""
@@ -923,12 +929,16 @@ class WorkerPool:
                 next_index = max(next_index, finished)
                 if progress % 2 == 1:
                     index = (progress - 1) // 2
-                    if index >= assignment.reported:
+                    if index >= assignment.reported and not self._collateral(
+                        worker, killed, task.id, records[index]
+                    ):
                         events.append(
                             RecordAborted(task.id, records[index], killed, reason, worker.pid)
                         )
                         self._outstanding -= 1
-                    next_index = max(next_index, index + 1)
+                        next_index = max(next_index, index + 1)
+                    elif index < assignment.reported:
+                        next_index = max(next_index, index + 1)
             rest = records[next_index:]
             if not rest:
                 continue
@@ -938,6 +948,14 @@ class WorkerPool:
                 requeue.append(_Task(task.id, rest))
         worker.assigned.clear()
         self._pending.extendleft(reversed(requeue))
+
+    @staticmethod
+    def _collateral(worker: _Worker, killed: bool, task_id: int, record: Record) -> bool:
+        """Killed for one record while running another (it moved on before the signal)."""
+        target = worker.kill_target
+        if not killed or target is None:
+            return False
+        return target[0] != task_id or target[1] is not record
 
     def _requeue_unstarted(self, worker: _Worker, requeue: list[_Task]) -> None:
         for assignment in worker.assigned:
