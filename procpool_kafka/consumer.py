@@ -101,6 +101,10 @@ RESUME_FRACTION = 0.75
 SNAPSHOT_INTERVAL = 1.0
 #: seconds between look-ups of the group's commits for batch targets owned by other members
 REMOTE_COMMIT_CHECK_INTERVAL = 5.0
+#: how long a drain waits on the pool per round
+DRAIN_COLLECT_SECONDS = 0.05
+#: after a drain's deadline, how long it waits for the killed work to report before giving up
+KILL_SETTLE_SECONDS = 5.0
 #: longest time a synchronous commit (revoke, stop) retries transient errors
 SYNC_COMMIT_SECONDS = 10.0
 
@@ -157,6 +161,7 @@ class ProcPoolConsumer:
         self._sizer = BatchSizer(config.batch_size, config.max_batch_size)
         self._inflight: dict[RecordKey, _InFlight] = {}
         self._owned: set[TopicPartition] = set()
+        self._draining: set[TopicPartition] = set()  # being revoked or stopped right now
         self._backpressure = False
         self._full_since: float | None = None
         self._last_commit = 0.0
@@ -442,13 +447,7 @@ class ProcPoolConsumer:
                 f"Kafka at {self._config.bootstrap_servers} unreachable for more than "
                 f"{self._config.broker_timeout:g}s: {self._health.last_error}"
             )
-        if time.monotonic() - self._last_snapshot >= SNAPSHOT_INTERVAL:
-            self._publish_snapshot()
-        self._handle_events(pool.collect(0))
-        self._require_router().poll()
-        self._release_due()
-        self._supervise()
-        self._require_dispatcher().fill(self._submitted)
+        self._serve_work(0)
         self._apply_backpressure()
         capacity = self._config.max_in_flight - len(self._inflight)
         wait = IDLE_POLL_SECONDS
@@ -472,6 +471,17 @@ class ProcPoolConsumer:
             messages = consumer.consume(min(capacity, MAX_CONSUME_BATCH), timeout=wait)
         self._accept(messages)
         self._commit_if_due()
+
+    def _serve_work(self, collect_timeout: float) -> None:
+        """The part of a loop step that a rebalance drain shares: snapshots, outcomes,
+        retry/DLQ acknowledgements, due retries, deadline checks, dispatch."""
+        if time.monotonic() - self._last_snapshot >= SNAPSHOT_INTERVAL:
+            self._publish_snapshot()
+        self._handle_events(self._require_pool().collect(collect_timeout))
+        self._require_router().poll()
+        self._release_due()
+        self._supervise()
+        self._require_dispatcher().fill(self._submitted)
 
     def _all_paused(self) -> bool:
         pauses = self._require_pauses()
@@ -594,6 +604,11 @@ class ProcPoolConsumer:
                 self._inflight.pop(_key(record), None)
             return
         self._counters.worker_crashes += 1
+        if record.topic_partition in self._draining:
+            # its partition is being handed over: not done, the next owner runs it
+            log.warning("worker %d died (%s) running %r", event.pid, event.reason, record)
+            self._inflight.pop(_key(record), None)
+            return
         entry.crashes += 1
         if entry.crashes >= self._config.crash_limit:
             message = (
@@ -704,35 +719,36 @@ class ProcPoolConsumer:
         self._forget(tps)
 
     def _drain(self, tps: set[TopicPartition], timeout: float, reason: KillReason) -> None:
-        """Drop unstarted work of ``tps``, wait for its running work, kill it at the deadline."""
+        """Drop unstarted work of ``tps``, wait for its running work, kill it at the deadline.
+
+        Each round is the loop's own service step (`_serve_work`): kept partitions keep
+        being dispatched and supervised (task timeout, heartbeats) and snapshots keep being
+        published. The drain ends when every record of ``tps`` given to the pool has
+        reported back and their retry/DLQ copies are acknowledged; at the latest
+        ``KILL_SETTLE_SECONDS`` after the deadline (killed workers are SIGKILLed, so they
+        are gone long before; what is still unsettled then stays uncommitted).
+        """
         pool = self._require_pool()
-        dispatcher = self._require_dispatcher()
-        router = self._require_router()
-        for record in [*dispatcher.drop(tps), *self._schedule.drop(tps)]:
+        for record in [*self._require_dispatcher().drop(tps), *self._schedule.drop(tps)]:
             self._inflight.pop(_key(record), None)
         pool.cancel(lambda record: record.topic_partition in tps)
+        self._draining |= tps
         deadline = time.monotonic() + timeout
-        killed: set[int] = set()
-        while True:
-            unsettled = self._unsettled_tasks(tps)
-            if not unsettled and not router.pending(tps):
-                break
-            now = time.monotonic()
-            if self._force_stop:
-                deadline = min(deadline, now)  # a forced stop during a graceful drain
-            if now >= deadline:
-                for item in running_in(pool.running(), tps):
-                    if item.pid not in killed:
-                        killed.add(item.pid)
-                        self._kill(reason, item)
-                if not running_in(pool.running(), tps) and not killed:
-                    break  # nothing runs any more; what is left was cancelled unstarted
-                if now >= deadline + 10.0:
-                    log.error("workers of %s did not settle after the kill", _describe(tps))
-                    break
-            self._handle_events(pool.collect(0.05))
-            router.poll()
-            dispatcher.fill(self._submitted)  # kept partitions keep running meanwhile
+        try:
+            while self._unsettled_tasks(tps) or self._require_router().pending(tps):
+                now = time.monotonic()
+                if self._force_stop:
+                    deadline = min(deadline, now)  # a forced stop during a graceful drain
+                if now >= deadline:
+                    if now >= deadline + KILL_SETTLE_SECONDS:
+                        log.error("work of %s did not settle after the kill", _describe(tps))
+                        break
+                    for item in running_in(pool.running(), tps):
+                        self._kill(reason, item)  # once per worker: pool.kill is idempotent
+                self._serve_work(DRAIN_COLLECT_SECONDS)
+            self._handle_events(pool.collect(0))  # outcomes already produced count
+        finally:
+            self._draining -= tps
 
     def _unsettled_tasks(self, tps: set[TopicPartition]) -> set[int]:
         """Pool tasks of ``tps`` whose records have not all reported back."""

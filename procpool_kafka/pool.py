@@ -665,15 +665,20 @@ class WorkerPool:
 
     def busy_task_ids(self) -> set[int]:
         """Ids of tasks with records not yet reported: pending, or held by a worker (except
-        cancelled ones the worker has not started, which it will skip)."""
+        cancelled ones the worker has not reached, which it will skip).
+
+        A worker takes its tasks in the order they were sent and reports each one
+        (``done``) before it takes the next, so a held task up to the one in the
+        worker's slot has been reached: busy until its report is read, cancelled or not.
+        """
         busy = {task.id for task in self._pending}
         slots = self._slots
         for worker in self._workers:
             current = slots[worker.seat * _SLOT_FIELDS + _TASK] if slots is not None else -1
-            for assignment in worker.assigned:
-                task = assignment.task
-                # a cancelled task the worker has not reached will be skipped: not busy
-                if not task.cancelled or task.id == current:
+            held = [assignment.task for assignment in worker.assigned]
+            reached = next((i for i, task in enumerate(held) if task.id == current), -1)
+            for position, task in enumerate(held):
+                if position <= reached or not task.cancelled:
                     busy.add(task.id)
         return busy
 

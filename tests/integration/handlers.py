@@ -57,6 +57,9 @@ def scripted(store: str, record: Record) -> None:
         raise RuntimeError(f"transient failure of attempt {record.attempt}")
     if command == "crash":
         os._exit(3)
+    if command == "crashafter":  # dies after a while, e.g. in the middle of a rebalance
+        time.sleep(float(rest.split(":", 1)[0]))
+        os._exit(3)
     if command == "hang":
         time.sleep(3600)
     if command == "gilhang":  # wedged in C code holding the GIL: heartbeats stop
