@@ -959,6 +959,7 @@ class ProcPoolConsumer:
             subscribed=self._consumer is not None and not self._closed,
             broker_reachable=self._health.reachable,
             running=self._running,
+            producer_ok=self._router is None or self._router.healthy,
         )
 
     # ------------------------------------------------------------------ librdkafka actions

@@ -180,3 +180,4 @@ class Snapshot:
     subscribed: bool  # subscribed and polling (assigned or waiting for an assignment)
     broker_reachable: bool  # the cluster answered recently
     running: bool  # run() is in its loop
+    producer_ok: bool = True  # the retry/dead-letter producer has no unrecovered fatal error

@@ -217,6 +217,8 @@ def readiness(snap: Snapshot | None, stale_after: float, now: float) -> Verdict:
         return Verdict(False, "not subscribed")
     if not snap.broker_reachable:
         return Verdict(False, "broker unreachable")
+    if not snap.producer_ok:
+        return Verdict(False, "retry/dead-letter producer failed fatally (being replaced)")
     stale = _staleness(snap, stale_after, now)
     if stale is not None:
         return Verdict(False, stale)

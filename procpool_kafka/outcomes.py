@@ -11,6 +11,13 @@ produce keeps failing it is retried with backoff and the offset stays not done, 
 cannot pass it. A copy the broker can never take (larger than message.max.bytes) is not
 retried forever: a retry copy goes to the dead-letter topic instead, and a dead-letter copy
 that cannot be written is logged at ERROR with its coordinates and marked done.
+
+A fatal producer error (librdkafka's ``error.fatal()``: e.g. OUT_OF_ORDER_SEQUENCE, or
+CLUSTER_AUTHORIZATION_FAILED when the idempotent producer starts) makes every later produce
+fail. The router then replaces the producer: its copies in flight are fenced off (their late
+reports are ignored) and produced again with the new one; the originals stay not done until
+acknowledged. After ``MAX_PRODUCER_REPLACEMENTS`` fatal errors with no copy acknowledged in
+between, poll() raises ProducerFailedError and the run ends with that error.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from procpool_kafka.errors import ConfigError
+from procpool_kafka.errors import ConfigError, ProducerFailedError
 from procpool_kafka.metrics import Counters
 from procpool_kafka.pool import HandlerError
 from procpool_kafka.records import Headers, Record, TopicPartition
@@ -45,10 +52,27 @@ log = logging.getLogger(__name__)
 #: first and largest wait before a failed produce of a copy is tried again
 PRODUCE_RETRY_INITIAL_S = 0.5
 PRODUCE_RETRY_MAX_S = 30.0
+#: fatal producer errors in a row (no copy acknowledged in between) before the run ends
+MAX_PRODUCER_REPLACEMENTS = 3
+
+ProducerFactory = Callable[[dict[str, Any]], Producer]
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _log_retry(copy: _Copy) -> None:
+    not_before = (copy.decision.not_before_ms or 0) / 1000
+    log.info(
+        "%s failed (attempt %d: %s: %s); retrying via %s not before %s",
+        copy.record,
+        copy.record.attempt,
+        copy.error.type_name,
+        copy.error.message,
+        copy.decision.topic,
+        time.strftime("%H:%M:%S", time.localtime(not_before)),
+    )
 
 
 @dataclass
@@ -80,13 +104,20 @@ class FailureRouter:
         producer_settings: dict[str, Any],
         done: DoneCallback,
         counters: Counters,
+        *,
+        producer_factory: ProducerFactory = Producer,
     ) -> None:
         self._policies = list(policies)
         self._group_id = group_id
-        self._producer_settings = producer_settings
+        self._user_error_cb = producer_settings.get("error_cb")
+        self._producer_settings = {**producer_settings, "error_cb": self._on_producer_error}
         self._done = done
         self._counters = counters
+        self._producer_factory = producer_factory
         self._producer: Producer | None = None
+        self._generation = 0  # bumped when the producer is replaced: fences late reports
+        self._fatal: KafkaError | None = None  # a fatal error not yet acted on
+        self._fatal_in_a_row = 0
         self._copies: dict[tuple[str, int, int], _Copy] = {}
 
     # ------------------------------------------------------------------ routing
@@ -113,19 +144,9 @@ class FailureRouter:
         headers = self._headers(record, error, decision, retry_info, now_ms)
         copy = _Copy(record, decision, headers, error, retry_info)
         self._copies[(record.topic, record.partition, record.offset)] = copy
-        if decision.route is Route.RETRY:
-            log.info(
-                "%s failed (attempt %d: %s: %s); retrying via %s not before %s",
-                record,
-                record.attempt,
-                error.type_name,
-                error.message,
-                decision.topic,
-                time.strftime("%H:%M:%S", time.localtime((decision.not_before_ms or 0) / 1000)),
-            )
-        else:
+        if decision.route is Route.DEAD_LETTER:
             self._log_failure(record, error, f"sending it to dead-letter topic {decision.topic}")
-        self._produce(copy)
+        self._produce(copy)  # a retry is logged once its copy is acknowledged
 
     def _headers(
         self,
@@ -206,34 +227,82 @@ class FailureRouter:
 
     def _require_producer(self) -> Producer:
         if self._producer is None:
-            self._producer = Producer(self._producer_settings)
+            self._producer = self._producer_factory(self._producer_settings)
         return self._producer
+
+    @property
+    def healthy(self) -> bool:
+        """False from a fatal producer error until a copy is acknowledged again."""
+        return self._fatal is None and self._fatal_in_a_row == 0
+
+    def _on_producer_error(self, error: KafkaError) -> None:
+        """librdkafka's error_cb (served inside poll()): remember a fatal error."""
+        if error.fatal():
+            self._fatal = error
+        if self._user_error_cb is not None:
+            self._user_error_cb(error)
+
+    def _replace_producer(self, error: KafkaError) -> None:
+        """Drop the failed producer; its unacknowledged copies are produced by a new one."""
+        self._fatal = None
+        self._fatal_in_a_row += 1
+        if self._fatal_in_a_row > MAX_PRODUCER_REPLACEMENTS:
+            raise ProducerFailedError(
+                f"the retry/dead-letter producer failed fatally {self._fatal_in_a_row} times "
+                f"in a row (last: {error.str()}); failed records cannot be copied, their "
+                "offsets stay uncommitted"
+            )
+        log.error(
+            "the retry/dead-letter producer failed fatally (%s); replacing it (%d/%d), "
+            "its unacknowledged copies are produced again",
+            error.str(),
+            self._fatal_in_a_row,
+            MAX_PRODUCER_REPLACEMENTS,
+        )
+        old, self._producer = self._producer, None
+        self._generation += 1
+        if old is not None:
+            old.purge()  # its reports, if any, arrive under the old generation: ignored
+        for copy in self._copies.values():
+            copy.in_flight = False
+            copy.next_try = 0.0
 
     def _produce(self, copy: _Copy) -> None:
         record = copy.record
         assert copy.decision.topic is not None
         copy.in_flight = True
         headers: list[tuple[str, str | bytes | None]] = list(copy.headers)
+        generation = self._generation
         try:
             self._require_producer().produce(
                 copy.decision.topic,
                 value=record.value,
                 key=record.key,
                 headers=headers,
-                on_delivery=lambda error, message: self._delivered(copy, error, message),
+                on_delivery=lambda error, message: self._delivered(
+                    copy, error, message, generation
+                ),
             )
         except BufferError:
             copy.in_flight = False
             copy.next_try = time.monotonic() + 0.05  # local queue full: try again shortly
         except KafkaException as error:
-            self._delivered(copy, error.args[0] if error.args else None, None)
+            self._delivered(copy, error.args[0] if error.args else None, None, generation)
 
-    def _delivered(self, copy: _Copy, error: KafkaError | None, message: Message | None) -> None:
+    def _delivered(
+        self, copy: _Copy, error: KafkaError | None, message: Message | None, generation: int
+    ) -> None:
+        if generation != self._generation:
+            return  # a report of a replaced producer: the copy was produced again
         copy.in_flight = False
         key = (copy.record.topic, copy.record.partition, copy.record.offset)
         if self._copies.get(key) is not copy:
             return  # the partition was revoked meanwhile: its outcome no longer counts
+        if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
+            self._fatal = self._fatal or error  # replaced in poll(), then produced again
+            return
         if error is None:
+            self._fatal_in_a_row = 0
             del self._copies[key]
             counter = (
                 self._counters.retried
@@ -241,6 +310,8 @@ class FailureRouter:
                 else self._counters.dead_lettered
             )
             counter[copy.record.topic] += 1
+            if copy.decision.route is Route.RETRY:
+                _log_retry(copy)
             written = None
             if message is not None:
                 topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -298,6 +369,8 @@ class FailureRouter:
         if self._producer is None:
             return
         self._producer.poll(0)
+        if self._fatal is not None:
+            self._replace_producer(self._fatal)
         now = time.monotonic()
         for copy in list(self._copies.values()):
             if not copy.in_flight and copy.next_try <= now:

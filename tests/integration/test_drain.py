@@ -72,7 +72,8 @@ def test_snapshots_stay_fresh_during_a_long_stop_drain(kafka: KafkaTestEnv, tmp_
 def test_records_finished_before_a_revoke_are_not_handled_again(
     kafka: KafkaTestEnv, tmp_path: Path
 ) -> None:
-    """20 rebalances while handlers run; every handler finishes well within revoke_timeout."""
+    """20 rebalances while 10 ms handlers run in batches (tasks of several records, some
+    cancelled half-way); every handler finishes well within revoke_timeout."""
     topic = kafka.create_topic("drain-dup", partitions=4)
     stores = [tmp_path / f"member-{i}.jsonl" for i in range(11)]
     config = make_config(kafka, [topic], revoke_timeout=30.0)
@@ -80,7 +81,7 @@ def test_records_finished_before_a_revoke_are_not_handled_again(
     with ThreadedConsumer(config, functools.partial(scripted, str(stores[0]))):
         for round_ in range(1, 11):
             for partition in range(4):
-                produced += kafka.produce(topic, [b"slow:0.1:"] * 10, partition=partition)
+                produced += kafka.produce(topic, [b"slow:0.01:"] * 100, partition=partition)
             joiner = ThreadedConsumer(config, functools.partial(scripted, str(stores[round_])))
             with joiner:  # joins (a rebalance while handlers run), then leaves (another)
                 wait_for(joiner.consumer.assignment, timeout=60, message=f"round {round_}")
