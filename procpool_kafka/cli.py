@@ -206,6 +206,12 @@ class SignalStopper:
             self._consumer.stop(force=True)
 
 
+def health_stale_after(revoke_timeout: float) -> float:
+    """How old the published state may get before /healthz fails: longer than a drain's
+    worst case (revoke_timeout, the 5 s settle, a 10 s sync commit) with a margin."""
+    return max(30.0, revoke_timeout + 30.0)
+
+
 def print_summary(summary: RunSummary) -> None:
     end = summary.end_commit
     committed = (
@@ -242,7 +248,10 @@ def run_command(args: argparse.Namespace) -> int:
         consumer.open()
         if values["metrics_port"] is not None:
             server = MetricsServer(
-                consumer.snapshot, values["metrics_host"], values["metrics_port"]
+                consumer.snapshot,
+                values["metrics_host"],
+                values["metrics_port"],
+                stale_after=health_stale_after(config.revoke_timeout),
             )
             server.start()
             host, port = server.address
