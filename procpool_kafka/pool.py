@@ -10,7 +10,8 @@ Data flow::
     caller thread (the consumer loop)                      worker process (one per seat)
     ---------------------------------                      ------------------------------
     submit(records) -> pending deque                        _worker_main():
-         |                                                   prctl(PDEATHSIG), SIGINT ignored
+         |                                                   prctl(PDEATHSIG); SIGINT, SIGTERM:
+         |                                                   no-op handlers (the parent stops)
          v                                                   cloudpickle.loads(handler) once
     _dispatch(): each READY worker holds <= 2 tasks         "ready" ------------------------+
     (1 running + 1 ahead), frames sent with                                                 |
@@ -35,7 +36,7 @@ Data flow::
                    done-but-unreported -> RecordFinished      shared memory (memfd of       |
                    running             -> RecordAborted       doubles, one 16-field slot    |
                    unstarted           -> front of pending    per seat, no lock) <----------+
-      kill deadlines -> SIGKILL                              parent writes: cancel marks,
+      retire deadlines -> SIGKILL                            parent writes: cancel marks,
       replacements -> spawner thread                         stop flag; reads: running()
 
     spawner thread (ONE, long-lived): starts every worker process, so that
@@ -229,7 +230,7 @@ class RunningRecord:
 class _State(enum.Enum):
     STARTING = "starting"  # process started, "ready" not received yet
     READY = "ready"  # takes tasks
-    KILLING = "killing"  # kill() called; SIGKILL at deadline
+    KILLING = "killing"  # kill() sent SIGKILL; its sentinel reports the death
     RETIRING = "retiring"  # recycled itself; exits on its own (SIGKILL at deadline)
     CLOSING = "closing"  # close() asked it to stop
     DEAD = "dead"  # reaped
@@ -358,7 +359,6 @@ class WorkerPool:
         max_tasks_per_worker: int | None = None,
         max_worker_rss_mb: float | None = None,
         heartbeat_interval: float = 0.5,
-        kill_grace: float = 1.0,
     ) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -368,8 +368,6 @@ class WorkerPool:
             raise ConfigError(f"max_worker_rss_mb must be > 0, got {max_worker_rss_mb}")
         if heartbeat_interval <= 0:
             raise ConfigError(f"heartbeat_interval must be > 0, got {heartbeat_interval}")
-        if kill_grace < 0:
-            raise ConfigError(f"kill_grace must be >= 0, got {kill_grace}")
         if not callable(handler):
             raise HandlerLoadError(f"handler {handler!r} is not callable")
         try:
@@ -379,7 +377,6 @@ class WorkerPool:
             raise HandlerLoadError(f"handler {handler!r} cannot be pickled: {detail}") from exc
 
         self._size = workers
-        self._kill_grace = kill_grace
         self._config = _WorkerConfig(
             handler_bytes=handler_bytes,
             parent_pid=os.getpid(),
@@ -624,7 +621,7 @@ class WorkerPool:
         return result
 
     def kill(self, pid: int, reason: str, target: RunningRecord | None = None) -> bool:
-        """SIGTERM worker ``pid`` now; collect() SIGKILLs it after ``kill_grace``.
+        """SIGKILL worker ``pid`` now (workers leave SIGTERM and SIGINT to the parent).
 
         When it is gone, the record it was running is reported as
         RecordAborted(killed=True, reason=reason) and its unstarted records go
@@ -641,9 +638,8 @@ class WorkerPool:
         worker.state = _State.KILLING
         worker.kill_reason = reason
         worker.kill_target = None if target is None else (target.task_id, target.record)
-        worker.deadline = time.monotonic() + self._kill_grace
         logger.info("killing worker %d: %s", pid, reason)
-        _signal(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGKILL)
         return True
 
     def pids(self) -> list[int]:
@@ -714,7 +710,7 @@ class WorkerPool:
         now = time.monotonic()
         for worker in list(self._workers):
             if worker.deadline is not None and now >= worker.deadline:
-                logger.warning("worker %d still alive after its grace period: SIGKILL", worker.pid)
+                logger.warning("worker %d still alive after its deadline: SIGKILL", worker.pid)
                 worker.deadline = None
                 _signal(worker.pid, signal.SIGKILL)
         if now >= self._next_sweep:
@@ -850,7 +846,7 @@ class WorkerPool:
         logger.info("worker %d recycles itself: %s", worker.pid, reason)
         self._ready.remove(worker)
         worker.state = _State.RETIRING
-        worker.deadline = time.monotonic() + max(_RETIRE_GRACE, self._kill_grace)
+        worker.deadline = time.monotonic() + _RETIRE_GRACE
         worker.outq.clear()
         self._requeue_unstarted(worker, [])
         self._restarts["recycled"] += 1
@@ -1350,10 +1346,21 @@ def _heartbeat(slot: memoryview[float], interval: float, stop: threading.Event) 
         slot[_HEARTBEAT] = monotonic()
 
 
+def _leave_to_the_parent(_signum: int, _frame: object) -> None:
+    """SIGINT/SIGTERM handler of a worker: nothing; stopping is the parent's decision."""
+
+
 def _worker_main(conn: Any, shm: _SharedSlots, seat: int, config: _WorkerConfig) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process.
+
+    SIGINT and SIGTERM reach every process of the group (Ctrl-C, ``kill -TERM -PGID``,
+    systemd, ``timeout``): the parent stops gracefully and lets running records finish, so
+    workers must not die of them. A Python handler that does nothing, not SIG_IGN, which
+    the handler's own subprocesses would inherit (exec resets a handler to the default).
+    """
+    signal.signal(signal.SIGTERM, _leave_to_the_parent)
+    signal.signal(signal.SIGINT, _leave_to_the_parent)
     _die_with_parent(config.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
         _worker_loop(conn, shm, seat, config)
 
