@@ -19,7 +19,8 @@ Data flow::
     worker's out-queue (EVENT_WRITE)                          for each record:              |
          |                                                      cancel mark? stop flag?     |
          |  socketpair: (task_id, [record tuples]) ------->     slot: task, start, RUNNING  |
-         |                                                      handler(record)             |
+         |                                                      handler(record) (awaited    |
+         |                                                        if it returns awaitable)  |
          |  <---- progress: (task_id, first index,              slot: DONE                  |
          |        [ok durations], failure|None, done)           failure -> sent at once     |
          |        retiring: (reason,)                           ok -> buffered, sent at the |
@@ -76,6 +77,7 @@ slow exit.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import enum
@@ -107,6 +109,8 @@ import cloudpickle
 import psutil
 from loky.backend.context import get_context
 
+from procpool_kafka import awaitables
+from procpool_kafka.awaitables import AwaitableRunner
 from procpool_kafka.errors import ConfigError, HandlerLoadError
 from procpool_kafka.records import Record
 
@@ -1295,6 +1299,20 @@ def _truncate_tail(text: str, limit: int) -> str:
     return marker + text[len(text) - max(0, limit - len(marker)) :]
 
 
+_MACHINERY_FILES = (asyncio.__file__.rsplit(os.sep, 1)[0] + os.sep, awaitables.__file__)
+
+
+def _handler_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` without its leading frames of the worker (_run_task) and of the event loop that
+    ran an async handler; all of it when nothing else is left."""
+    if tb is None:
+        return None
+    start = tb.tb_next
+    while start is not None and start.tb_frame.f_code.co_filename.startswith(_MACHINERY_FILES):
+        start = start.tb_next
+    return start if start is not None else tb.tb_next
+
+
 def _describe(exc: BaseException) -> tuple[list[str], str, str]:
     """(type names, message, traceback) of a handler exception, as plain strings.
 
@@ -1312,9 +1330,8 @@ def _describe(exc: BaseException) -> tuple[list[str], str, str]:
     except BaseException:
         message = f"<unprintable {type_name}>"
     try:
-        tb = exc.__traceback__
-        # Skip the worker's own frame: the traceback starts in the handler.
-        lines = traceback.format_exception(cls, exc, tb.tb_next if tb is not None else None)
+        # Skip the worker's own frames: the traceback starts in the handler.
+        lines = traceback.format_exception(cls, exc, _handler_frames(exc.__traceback__))
         trace = "".join(lines)
     except BaseException:
         trace = f"{type_name}: {message}\n(traceback unavailable)\n"
@@ -1586,36 +1603,44 @@ def _worker_loop(conn: Any, shm: _SharedSlots, seat: int, config: _WorkerConfig)
     rss_limit = None if config.max_rss_mb is None else config.max_rss_mb * 1024 * 1024
     me = psutil.Process() if rss_limit is not None else None
     tasks_done = 0
-    while True:
-        message = inbox.get()
-        if message is None:
-            break
-        task_id, raw_records = message
-        if not _run_task(send, slot, handler, task_id, raw_records):
-            break
-        tasks_done += 1
-        retire = ""
-        if config.max_tasks is not None and tasks_done >= config.max_tasks:
-            retire = f"handled {tasks_done} tasks (max_tasks_per_worker)"
-        elif me is not None and rss_limit is not None:
-            rss = me.memory_info().rss
-            if rss > rss_limit:
-                retire = f"rss {rss / 2**20:.0f} MiB > max_worker_rss_mb {config.max_rss_mb:g}"
-        if retire:
-            send((_MSG_RETIRING, retire))
-            break
-    stop.set()
+    awaiter = AwaitableRunner()  # async handlers: one event loop per worker, made on first use
+    try:
+        while True:
+            message = inbox.get()
+            if message is None:
+                break
+            if not _run_task(send, slot, handler, awaiter, message):
+                break
+            tasks_done += 1
+            retire = ""
+            if config.max_tasks is not None and tasks_done >= config.max_tasks:
+                retire = f"handled {tasks_done} tasks (max_tasks_per_worker)"
+            elif me is not None and rss_limit is not None:
+                rss = me.memory_info().rss
+                if rss > rss_limit:
+                    retire = f"rss {rss / 2**20:.0f} MiB > max_worker_rss_mb {config.max_rss_mb:g}"
+            if retire:
+                send((_MSG_RETIRING, retire))
+                break
+    finally:
+        awaiter.close()
+        stop.set()
 
 
 def _run_task(
     send: Callable[[tuple[Any, ...]], None],
     slot: memoryview[float],
     handler: Callable[[Record], object],
-    task_id: int,
-    raw_records: list[tuple[Any, ...]],
+    awaiter: AwaitableRunner,
+    task: _Message,
 ) -> bool:
-    """Run one task; False when the pool asked this worker to stop."""
+    """Run one task; False when the pool asked this worker to stop.
+
+    A handler's awaitable result (an ``async def`` handler) is run to completion first.
+    """
+    task_id, raw_records = task
     monotonic = time.monotonic
+    needs_await = awaiter.needed
     task_mark = float(task_id)
     count = len(raw_records)
     slot[_PROGRESS] = 0.0
@@ -1636,7 +1661,9 @@ def _run_task(
         slot[_PROGRESS] = 2.0 * index + 1.0
         slot[_SEQ] += 1.0
         try:
-            handler(record)
+            result = handler(record)
+            if needs_await(result):
+                awaiter.run(result)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:

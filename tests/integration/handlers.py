@@ -15,6 +15,7 @@ record's value:
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import os
@@ -70,6 +71,14 @@ def plain(store: str, record: Record) -> None:
     """Succeed for every record, whatever its value says."""
     _write(store, "start", record)
     _write(store, "done", record)
+
+
+async def async_plain(store: str, record: Record) -> None:
+    """``plain`` as an ``async def`` handler: each line is written after an await."""
+    await asyncio.sleep(0.001)
+    _write(store, "start", record)
+    await asyncio.sleep(0.001)
+    _write(store, "done", record, loop=id(asyncio.get_running_loop()))
 
 
 def read_store(store: str | Path, event: str = "done") -> list[dict[str, Any]]:

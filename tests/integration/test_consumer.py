@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from procpool_kafka import ConsumerConfig, ProcPoolConsumer
-from tests.integration.handlers import coordinates, plain, read_store, scripted
+from tests.integration.handlers import async_plain, coordinates, plain, read_store, scripted
 from tests.integration.runner import (
     FAST_GROUP,
     ThreadedConsumer,
@@ -54,6 +54,23 @@ def test_multiple_topics_one_handler_all_handled_and_committed(
         summary = running.stop()
     assert summary.records_ok == len(expected) == 120
     assert len(read_store(store)) == 120, "no duplicates in a clean run"
+
+
+def test_async_handler_runs_in_the_workers_and_commits(kafka: KafkaTestEnv, tmp_path: Path) -> None:
+    topic = kafka.create_topic("async", partitions=2)
+    kafka.produce(topic, (b"ok:" for _ in range(10)))
+    store = str(tmp_path / "store.jsonl")
+    config = make_config(kafka, [topic])
+    with ThreadedConsumer(config, functools.partial(async_plain, store)) as running:
+        wait_for(lambda: len(read_store(store)) >= 10, timeout=60, message="all handled")
+        wait_for(lambda: kafka.fully_committed(config.group_id, topic), timeout=30)
+        summary = running.stop()
+    done = read_store(store)
+    assert coordinates(store) == all_offsets(kafka, topic)
+    assert len(done) == 10, "each record once"
+    assert summary.records_ok == 10 and summary.records_failed == 0
+    loops_per_worker = {(e["pid"], e["loop"]) for e in done}
+    assert len(loops_per_worker) == len({e["pid"] for e in done}), "one event loop per worker"
 
 
 def test_out_of_order_completion_commits_contiguous_prefix_and_restart_resumes_there(

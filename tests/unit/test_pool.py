@@ -7,6 +7,7 @@ through ``collect_until``; no bare sleep is used as synchronisation.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -35,7 +36,14 @@ from procpool_kafka.pool import (
     WorkerPool,
 )
 from procpool_kafka.records import Record
-from tests.unit.pool_handlers import KilledAtLoad, command
+from tests.unit.pool_handlers import (
+    AsyncCallable,
+    KilledAtLoad,
+    command,
+    returns_awaitable,
+    returns_coroutine,
+    touch_after_await,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 Events = list[PoolEvent]
@@ -199,6 +207,73 @@ def test_long_messages_and_tracebacks_are_truncated(make_pool: PoolFactory) -> N
     assert len(event.error.message) <= 4096
     assert event.error.message.startswith("xxxx")
     assert len(event.error.traceback) <= 64 * 1024
+
+
+# --------------------------------------------------------------------------- async handlers
+
+ASYNC_SHAPES = {
+    "async-def": touch_after_await,
+    "partial-of-async-def": functools.partial(touch_after_await, suffix=".partial"),
+    "async-call-method": AsyncCallable(),
+    "sync-returning-coroutine": returns_coroutine,
+    "sync-returning-awaitable": returns_awaitable,
+}
+
+
+@pytest.mark.parametrize("shape", list(ASYNC_SHAPES))
+def test_async_handlers_run_to_completion(
+    make_pool: PoolFactory, tmp_path: Path, shape: str
+) -> None:
+    handler = ASYNC_SHAPES[shape]
+    suffix = ".partial" if shape == "partial-of-async-def" else ""
+    pool = make_pool(handler, workers=1)
+    paths = [tmp_path / f"record-{offset}" for offset in range(3)]
+    pool.submit([rec(str(path), offset) for offset, path in enumerate(paths)])
+    pool.submit([rec("fail:after an await", 3)])
+    events = by_offset(collect_until(pool, all_done(pool)))
+
+    for offset, path in enumerate(paths):
+        assert finished_ok(events[offset]), events[offset]
+        marker = Path(str(path) + suffix)
+        assert marker.exists(), "the coroutine's body ran"
+    loops = {Path(str(path) + suffix).read_text() for path in paths}
+    assert len(loops) == 1, "one event loop per worker, reused across records"
+    failed = events[3]
+    assert isinstance(failed, RecordFinished) and failed.error is not None
+    assert failed.error.type_name == "builtins.ValueError"
+    assert failed.error.message == "after an await"
+    assert "touch_after_await" in failed.error.traceback
+    assert "asyncio" not in failed.error.traceback, "the traceback starts in the handler"
+    assert "awaitables.py" not in failed.error.traceback
+    assert pool.restarts() == {"crashed": 0, "killed": 0, "recycled": 0}
+
+
+def test_the_event_loop_is_closed_when_the_worker_exits(
+    make_pool: PoolFactory, tmp_path: Path
+) -> None:
+    cancelled = tmp_path / "cancelled"
+    pool = make_pool(touch_after_await, workers=1)
+    pool.submit([rec(f"background:{cancelled}", 0)])
+    (event,) = collect_until(pool, all_done(pool))
+    assert finished_ok(event)
+    assert not cancelled.exists(), "the task the handler left runs on while the worker lives"
+    pool.close(timeout=10.0)
+    assert cancelled.exists(), "closing the loop at exit cancelled the task"
+
+
+def test_async_handler_is_supervised_like_a_sync_one(make_pool: PoolFactory) -> None:
+    pool = make_pool(touch_after_await, workers=1, heartbeat_interval=0.05)
+    task_id = pool.submit([rec("sleep:1000", 0)])
+    collect_until(pool, lambda _: 0 in running_offsets(pool))
+    first = running_offsets(pool)[0]
+    assert first.task_id == task_id
+    collect_until(
+        pool, lambda _: running_offsets(pool)[0].last_heartbeat >= first.last_heartbeat + 0.3
+    )
+    assert pool.kill(first.pid, "task timeout")
+    (aborted,) = collect_until(pool, all_done(pool))
+    assert isinstance(aborted, RecordAborted)
+    assert (aborted.killed, aborted.reason, aborted.pid) == (True, "task timeout", first.pid)
 
 
 # --------------------------------------------------------------------------- crashes
