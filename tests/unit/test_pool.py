@@ -372,6 +372,53 @@ def test_kill_sends_sigkill_at_once_never_sigterm(make_pool: PoolFactory, tmp_pa
     assert not marker.exists(), "the worker got SIGTERM (which workers ignore) before SIGKILL"
 
 
+@pytest.mark.parametrize("next_in", ["same task", "next task"])
+def test_kill_for_a_record_that_just_finished_requeues_the_next_one(
+    make_pool: PoolFactory, tmp_path: Path, next_in: str
+) -> None:
+    # The supervisor saw record 0 overdue, but the worker finished it and started record 1
+    # before the kill landed: record 1 is collateral, queued again, not aborted.
+    first, second = tmp_path / "first", tmp_path / "second"
+    pool = make_pool(workers=1)
+    records = [rec(f"waitfile:{first}", 0), rec(f"waitfile:{second}", 1)]
+    if next_in == "same task":
+        task_ids = [pool.submit(records)] * 2
+    else:
+        task_ids = [pool.submit(records[:1]), pool.submit(records[1:])]
+    collect_until(pool, lambda _: 0 in running_offsets(pool))
+    target = running_offsets(pool)[0]
+    first.touch()
+    events = collect_until(pool, lambda _: 1 in running_offsets(pool))
+    assert running_offsets(pool)[1].pid == target.pid
+
+    assert pool.kill(target.pid, "task timeout", target)
+    second.touch()  # the re-run of record 1 finishes at once
+    finished = by_offset(collect_until(pool, all_done(pool), events=events))
+
+    assert sorted(finished) == [0, 1]
+    assert finished_ok(finished[0]), "the target had finished: not aborted either"
+    assert finished_ok(finished[1]), "the collateral record ran again and finished"
+    assert finished[1].pid != target.pid
+    assert [finished[0].task_id, finished[1].task_id] == task_ids, "events match the tasks"
+    assert not any(isinstance(event, RecordAborted) for event in events)
+    assert pool.restarts() == {"crashed": 0, "killed": 1, "recycled": 0}
+
+
+def test_kill_with_its_target_still_running_aborts_it(
+    make_pool: PoolFactory, release: Path
+) -> None:
+    pool = make_pool(workers=1)
+    pool.submit([rec(f"waitfile:{release}", 0), rec("ok", 1)])
+    collect_until(pool, lambda _: 0 in running_offsets(pool))
+    target = running_offsets(pool)[0]
+    assert pool.kill(target.pid, "task timeout", target)
+    finished = by_offset(collect_until(pool, all_done(pool)))
+    aborted = finished[0]
+    assert isinstance(aborted, RecordAborted)
+    assert (aborted.killed, aborted.reason) == (True, "task timeout")
+    assert finished_ok(finished[1]), "never started: run by the replacement"
+
+
 def test_kill_unknown_pid_is_a_noop(make_pool: PoolFactory) -> None:
     pool = make_pool()
     pids = pool.pids()
