@@ -594,6 +594,17 @@ class ProcPoolConsumer:
                 self._inflight.pop(_key(record), None)
             return
         self._counters.worker_crashes += 1
+        if event.cancelled:
+            # its partition is being revoked (or the consumer stops): not done, not run here
+            # again; the next owner (or the next run) handles it
+            log.warning(
+                "worker %d died (%s) running %r of a partition being given up; not run again here",
+                event.pid,
+                event.reason,
+                record,
+            )
+            self._inflight.pop(_key(record), None)
+            return
         entry.crashes += 1
         if entry.crashes >= self._config.crash_limit:
             message = (

@@ -205,13 +205,18 @@ class RecordFinished:
 
 @dataclass(frozen=True, slots=True)
 class RecordAborted:
-    """The worker died while running this record."""
+    """The worker died while running this record.
+
+    ``cancelled``: its task had been cancelled (``cancel()``) before the worker died, so the
+    caller gave that work up (a partition being revoked): it should not run it again.
+    """
 
     task_id: int
     record: Record
     killed: bool
     reason: str
     pid: int
+    cancelled: bool = False
 
 
 PoolEvent = RecordFinished | RecordAborted
@@ -538,8 +543,8 @@ class WorkerPool:
         Pending tasks lose their matching records. A task already sent to a
         worker is cancelled as a whole (its unstarted records are skipped by the
         worker) when every one of its records matches; a task that matches only
-        in part is left alone. The record a worker is running is never affected.
-        Dropped records produce no event.
+        in part is left alone. The record a worker is running is never affected (if its
+        worker dies, its RecordAborted says ``cancelled``). Dropped records produce no event.
         """
         dropped = 0
         kept: deque[_Task] = deque()
@@ -933,7 +938,9 @@ class WorkerPool:
                         worker, killed, task.id, records[index]
                     ):
                         events.append(
-                            RecordAborted(task.id, records[index], killed, reason, worker.pid)
+                            RecordAborted(
+                                task.id, records[index], killed, reason, worker.pid, task.cancelled
+                            )
                         )
                         self._outstanding -= 1
                         next_index = max(next_index, index + 1)

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,33 @@ def test_stuck_handler_on_revoked_partition_is_killed_and_other_member_processes
             assert kept[0]["pid"] in pids_after, "the kept partition's task keeps running"
             assert first.consumer.counters.worker_kills["revoke-timeout"] == 1
     assert elapsed < config.revoke_timeout + 15
+
+
+def test_worker_crash_during_a_revoke_drain_leaves_the_revoked_record_to_the_new_owner(
+    kafka: KafkaTestEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = kafka.create_topic("drain-crash", partitions=2)
+    release = tmp_path / "release"
+    for partition in (0, 1):  # each waits for the release, then kills its worker (once)
+        kafka.produce(topic, [f"holdcrash:{release}".encode()], partition=partition)
+    first_store, second_store = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
+    config = make_config(kafka, [topic], revoke_timeout=30.0)
+    caplog.set_level(logging.INFO, logger="procpool_kafka.consumer")
+    with ThreadedConsumer(config, functools.partial(scripted, first_store)) as first:
+        wait_for(lambda: len(read_store(first_store, "start")) == 2, timeout=60)
+        with ThreadedConsumer(config, functools.partial(plain, second_store)) as second:
+            wait_for(lambda: "revoked:" in caplog.text, timeout=60, message="a revoke drain")
+            release.touch()  # both workers die; one was running the revoked partition's record
+            wait_for(lambda: kafka.committed(config.group_id, topic) == {0: 1, 1: 1}, timeout=60)
+            ((_, moved),) = second.consumer.assignment()
+        crashes = first.consumer.counters.worker_crashes
+    kept = 1 - moved
+    first_starts = Counter(e["partition"] for e in read_store(first_store, "start"))
+    assert first_starts[moved] == 1, "the revoked partition's record did not run here again"
+    assert {(e["partition"], e["offset"]) for e in read_store(second_store)} == {(moved, 0)}
+    assert first_starts[kept] == 2, "the kept partition's record ran again after the crash"
+    assert {(e["partition"], e["offset"]) for e in read_store(first_store)} == {(kept, 0)}
+    assert crashes == 2
 
 
 def test_sigkill_of_a_worker_mid_task_loses_nothing(kafka: KafkaTestEnv, tmp_path: Path) -> None:

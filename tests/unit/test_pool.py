@@ -731,6 +731,49 @@ def test_cancel_drops_pending_and_prefetched_records_not_the_running_one(
     assert pool.outstanding() == 0
 
 
+@pytest.mark.parametrize("death", ["crash", "kill"])
+def test_worker_dying_while_its_task_is_cancelled_requeues_nothing(
+    make_pool: PoolFactory, release: Path, death: str
+) -> None:
+    # A revoke drain: pool.cancel() for the partition, then the worker running its record dies.
+    pool = make_pool(workers=1)
+    running_task = pool.submit([rec(f"waitfile:{release}", 0), rec("ok", 1), rec("ok", 2)])
+    pool.submit([rec("ok", 3)])  # prefetched by the worker
+    pool.submit([rec("ok", 4, partition=1)])  # pending, another partition
+    collect_until(pool, lambda _: 0 in running_offsets(pool))
+    pid = running_offsets(pool)[0].pid
+    assert pool.cancel(lambda record: record.partition == 0) == 3
+    if death == "crash":
+        os.kill(pid, signal.SIGKILL)  # like an OOM kill
+    else:
+        pool.kill(pid, "revoke-timeout", running_offsets(pool)[0])
+    release.touch()  # a re-run of offset 0 would finish
+    events = by_offset(collect_until(pool, all_done(pool)))
+
+    assert sorted(events) == [0, 4], "the cancelled records 1-3 are not run again"
+    aborted = events[0]
+    assert isinstance(aborted, RecordAborted)
+    assert (aborted.task_id, aborted.pid, aborted.killed) == (running_task, pid, death == "kill")
+    assert aborted.cancelled, "tells the caller that it dropped this work: do not run it again"
+    assert finished_ok(events[4])
+    assert pool.outstanding() == 0
+    assert pool.collect(0.3) == [], "nothing left to run"
+
+
+def test_a_record_aborted_outside_a_cancel_is_not_marked_cancelled(
+    make_pool: PoolFactory, release: Path
+) -> None:
+    pool = make_pool(workers=1)
+    pool.submit([rec(f"waitfile:{release}", 0)])
+    pool.submit([rec("ok", 1, partition=1)])
+    collect_until(pool, lambda _: 0 in running_offsets(pool))
+    pool.cancel(lambda record: record.partition == 1)
+    os.kill(running_offsets(pool)[0].pid, signal.SIGKILL)
+    (aborted,) = collect_until(pool, all_done(pool))
+    assert isinstance(aborted, RecordAborted)
+    assert not aborted.cancelled
+
+
 def test_cancel_with_nothing_matching_drops_nothing(make_pool: PoolFactory) -> None:
     pool = make_pool()
     for offset in range(6):
