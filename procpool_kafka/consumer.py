@@ -11,6 +11,7 @@ Data flow (one thread of the consumer process owns all of it; see DESIGN.md)::
        |   revoke: cancel unstarted, drain running      ok -> tracker.done()
        |   until revoke_timeout, kill the rest          failed -> log, tracker.done()
        |   (Supervisor), commit sync, forget            crashed -> re-dispatch or WorkerCrashed
+       |                                                  (cancelled: left to the next owner)
        v
     commit(async, every commit_interval) <-- tracker.commits_due()
 
