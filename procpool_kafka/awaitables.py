@@ -11,9 +11,8 @@ at a time per worker: the loop runs only while a record is being handled.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Awaitable, Coroutine
-from typing import Any, TypeGuard
+from typing import Any
 
 __all__ = ["AwaitableRunner"]
 
@@ -23,11 +22,6 @@ class AwaitableRunner:
 
     def __init__(self) -> None:
         self._runner: asyncio.Runner | None = None
-
-    @staticmethod
-    def needed(result: object) -> TypeGuard[Awaitable[object]]:
-        """Whether a handler's return value must be awaited (cheap for ``None``)."""
-        return result is not None and inspect.isawaitable(result)
 
     def run(self, awaitable: Awaitable[object]) -> object:
         """Await ``awaitable`` on this worker's loop; its exception propagates."""

@@ -81,6 +81,7 @@ import asyncio
 import contextlib
 import ctypes
 import enum
+import inspect
 import itertools
 import logging
 import mmap
@@ -1647,7 +1648,7 @@ def _run_task(
     """
     task_id, raw_records = task
     monotonic = time.monotonic
-    needs_await = awaiter.needed
+    isawaitable = inspect.isawaitable
     task_mark = float(task_id)
     count = len(raw_records)
     slot[_PROGRESS] = 0.0
@@ -1669,7 +1670,7 @@ def _run_task(
         slot[_SEQ] += 1.0
         try:
             result = handler(record)
-            if needs_await(result):
+            if result is not None and isawaitable(result):
                 awaiter.run(result)
         except KeyboardInterrupt:
             raise
