@@ -220,7 +220,8 @@ def print_summary(summary: RunSummary) -> None:
     print(
         f"summary: ok={summary.records_ok} retried={summary.records_retried} "
         f"dead-lettered={summary.records_dead_lettered} failed-attempts={summary.records_failed} "
-        f"duration={summary.duration_s:.1f}s throughput={summary.records_per_s:.0f} records/s"
+        f"worker-crashes={summary.worker_crashes} duration={summary.duration_s:.1f}s "
+        f"throughput={summary.records_per_s:.0f} records/s"
         f"{committed}",
         flush=True,
     )

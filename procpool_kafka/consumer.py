@@ -11,6 +11,7 @@ Data flow (one thread of the consumer process owns all of it; see DESIGN.md)::
        |   revoke: cancel unstarted, drain running      ok -> tracker.done()
        |   until revoke_timeout, kill the rest          failed -> log, tracker.done()
        |   (Supervisor), commit sync, forget            crashed -> re-dispatch or WorkerCrashed
+       |                                                  (cancelled: left to the next owner)
        v
     commit(async, every commit_interval) <-- tracker.commits_due()
 
@@ -604,9 +605,15 @@ class ProcPoolConsumer:
                 self._inflight.pop(_key(record), None)
             return
         self._counters.worker_crashes += 1
-        if record.topic_partition in self._draining:
-            # its partition is being handed over: not done, the next owner runs it
-            log.warning("worker %d died (%s) running %r", event.pid, event.reason, record)
+        if event.cancelled or record.topic_partition in self._draining:
+            # its partition is being revoked (or the consumer stops): not done, not run here
+            # again; the next owner (or the next run) handles it
+            log.warning(
+                "worker %d died (%s) running %r of a partition being given up; not run again here",
+                event.pid,
+                event.reason,
+                record,
+            )
             self._inflight.pop(_key(record), None)
             return
         entry.crashes += 1

@@ -10,7 +10,8 @@ Data flow::
     caller thread (the consumer loop)                      worker process (one per seat)
     ---------------------------------                      ------------------------------
     submit(records) -> pending deque                        _worker_main():
-         |                                                   prctl(PDEATHSIG), SIGINT ignored
+         |                                                   prctl(PDEATHSIG); SIGINT, SIGTERM:
+         |                                                   no-op handlers (the parent stops)
          v                                                   cloudpickle.loads(handler) once
     _dispatch(): each READY worker holds <= 2 tasks         "ready" ------------------------+
     (1 running + 1 ahead), frames sent with                                                 |
@@ -18,7 +19,8 @@ Data flow::
     worker's out-queue (EVENT_WRITE)                          for each record:              |
          |                                                      cancel mark? stop flag?     |
          |  socketpair: (task_id, [record tuples]) ------->     slot: task, start, RUNNING  |
-         |                                                      handler(record)             |
+         |                                                      handler(record) (awaited    |
+         |                                                        if it returns awaitable)  |
          |  <---- progress: (task_id, first index,              slot: DONE                  |
          |        [ok durations], failure|None, done)           failure -> sent at once     |
          |        retiring: (reason,)                           ok -> buffered, sent at the |
@@ -35,7 +37,7 @@ Data flow::
                    done-but-unreported -> RecordFinished      shared memory (memfd of       |
                    running             -> RecordAborted       doubles, one 16-field slot    |
                    unstarted           -> front of pending    per seat, no lock) <----------+
-      kill deadlines -> SIGKILL                              parent writes: cancel marks,
+      retire deadlines -> SIGKILL                            parent writes: cancel marks,
       replacements -> spawner thread                         stop flag; reads: running()
 
     spawner thread (ONE, long-lived): starts every worker process, so that
@@ -75,9 +77,11 @@ slow exit.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import enum
+import inspect
 import itertools
 import logging
 import mmap
@@ -106,6 +110,8 @@ import cloudpickle
 import psutil
 from loky.backend.context import get_context
 
+from procpool_kafka import awaitables
+from procpool_kafka.awaitables import AwaitableRunner
 from procpool_kafka.errors import ConfigError, HandlerLoadError
 from procpool_kafka.records import Record
 
@@ -200,13 +206,18 @@ class RecordFinished:
 
 @dataclass(frozen=True, slots=True)
 class RecordAborted:
-    """The worker died while running this record."""
+    """The worker died while running this record.
+
+    ``cancelled``: its task had been cancelled (``cancel()``) before the worker died, so the
+    caller gave that work up (a partition being revoked): it should not run it again.
+    """
 
     task_id: int
     record: Record
     killed: bool
     reason: str
     pid: int
+    cancelled: bool = False
 
 
 PoolEvent = RecordFinished | RecordAborted
@@ -229,7 +240,7 @@ class RunningRecord:
 class _State(enum.Enum):
     STARTING = "starting"  # process started, "ready" not received yet
     READY = "ready"  # takes tasks
-    KILLING = "killing"  # kill() called; SIGKILL at deadline
+    KILLING = "killing"  # kill() sent SIGKILL; its sentinel reports the death
     RETIRING = "retiring"  # recycled itself; exits on its own (SIGKILL at deadline)
     CLOSING = "closing"  # close() asked it to stop
     DEAD = "dead"  # reaped
@@ -358,7 +369,6 @@ class WorkerPool:
         max_tasks_per_worker: int | None = None,
         max_worker_rss_mb: float | None = None,
         heartbeat_interval: float = 0.5,
-        kill_grace: float = 1.0,
     ) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -368,8 +378,6 @@ class WorkerPool:
             raise ConfigError(f"max_worker_rss_mb must be > 0, got {max_worker_rss_mb}")
         if heartbeat_interval <= 0:
             raise ConfigError(f"heartbeat_interval must be > 0, got {heartbeat_interval}")
-        if kill_grace < 0:
-            raise ConfigError(f"kill_grace must be >= 0, got {kill_grace}")
         if not callable(handler):
             raise HandlerLoadError(f"handler {handler!r} is not callable")
         try:
@@ -379,7 +387,6 @@ class WorkerPool:
             raise HandlerLoadError(f"handler {handler!r} cannot be pickled: {detail}") from exc
 
         self._size = workers
-        self._kill_grace = kill_grace
         self._config = _WorkerConfig(
             handler_bytes=handler_bytes,
             parent_pid=os.getpid(),
@@ -537,8 +544,8 @@ class WorkerPool:
         Pending tasks lose their matching records. A task already sent to a
         worker is cancelled as a whole (its unstarted records are skipped by the
         worker) when every one of its records matches; a task that matches only
-        in part is left alone. The record a worker is running is never affected.
-        Dropped records produce no event.
+        in part is left alone. The record a worker is running is never affected (if its
+        worker dies, its RecordAborted says ``cancelled``). Dropped records produce no event.
         """
         dropped = 0
         kept: deque[_Task] = deque()
@@ -624,7 +631,7 @@ class WorkerPool:
         return result
 
     def kill(self, pid: int, reason: str, target: RunningRecord | None = None) -> bool:
-        """SIGTERM worker ``pid`` now; collect() SIGKILLs it after ``kill_grace``.
+        """SIGKILL worker ``pid`` now (workers leave SIGTERM and SIGINT to the parent).
 
         When it is gone, the record it was running is reported as
         RecordAborted(killed=True, reason=reason) and its unstarted records go
@@ -641,9 +648,8 @@ class WorkerPool:
         worker.state = _State.KILLING
         worker.kill_reason = reason
         worker.kill_target = None if target is None else (target.task_id, target.record)
-        worker.deadline = time.monotonic() + self._kill_grace
         logger.info("killing worker %d: %s", pid, reason)
-        _signal(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGKILL)
         return True
 
     def pids(self) -> list[int]:
@@ -719,7 +725,7 @@ class WorkerPool:
         now = time.monotonic()
         for worker in list(self._workers):
             if worker.deadline is not None and now >= worker.deadline:
-                logger.warning("worker %d still alive after its grace period: SIGKILL", worker.pid)
+                logger.warning("worker %d still alive after its deadline: SIGKILL", worker.pid)
                 worker.deadline = None
                 _signal(worker.pid, signal.SIGKILL)
         if now >= self._next_sweep:
@@ -855,7 +861,7 @@ class WorkerPool:
         logger.info("worker %d recycles itself: %s", worker.pid, reason)
         self._ready.remove(worker)
         worker.state = _State.RETIRING
-        worker.deadline = time.monotonic() + max(_RETIRE_GRACE, self._kill_grace)
+        worker.deadline = time.monotonic() + _RETIRE_GRACE
         worker.outq.clear()
         self._requeue_unstarted(worker, [])
         self._restarts["recycled"] += 1
@@ -938,7 +944,9 @@ class WorkerPool:
                         worker, killed, task.id, records[index]
                     ):
                         events.append(
-                            RecordAborted(task.id, records[index], killed, reason, worker.pid)
+                            RecordAborted(
+                                task.id, records[index], killed, reason, worker.pid, task.cancelled
+                            )
                         )
                         self._outstanding -= 1
                         next_index = max(next_index, index + 1)
@@ -1304,6 +1312,20 @@ def _truncate_tail(text: str, limit: int) -> str:
     return marker + text[len(text) - max(0, limit - len(marker)) :]
 
 
+_MACHINERY_FILES = (asyncio.__file__.rsplit(os.sep, 1)[0] + os.sep, awaitables.__file__)
+
+
+def _handler_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` without its leading frames of the worker (_run_task) and of the event loop that
+    ran an async handler; all of it when nothing else is left."""
+    if tb is None:
+        return None
+    start = tb.tb_next
+    while start is not None and start.tb_frame.f_code.co_filename.startswith(_MACHINERY_FILES):
+        start = start.tb_next
+    return start if start is not None else tb.tb_next
+
+
 def _describe(exc: BaseException) -> tuple[list[str], str, str]:
     """(type names, message, traceback) of a handler exception, as plain strings.
 
@@ -1321,9 +1343,8 @@ def _describe(exc: BaseException) -> tuple[list[str], str, str]:
     except BaseException:
         message = f"<unprintable {type_name}>"
     try:
-        tb = exc.__traceback__
-        # Skip the worker's own frame: the traceback starts in the handler.
-        lines = traceback.format_exception(cls, exc, tb.tb_next if tb is not None else None)
+        # Skip the worker's own frames: the traceback starts in the handler.
+        lines = traceback.format_exception(cls, exc, _handler_frames(exc.__traceback__))
         trace = "".join(lines)
     except BaseException:
         trace = f"{type_name}: {message}\n(traceback unavailable)\n"
@@ -1355,10 +1376,21 @@ def _heartbeat(slot: memoryview[float], interval: float, stop: threading.Event) 
         slot[_HEARTBEAT] = monotonic()
 
 
+def _leave_to_the_parent(_signum: int, _frame: object) -> None:
+    """SIGINT/SIGTERM handler of a worker: nothing; stopping is the parent's decision."""
+
+
 def _worker_main(conn: Any, shm: _SharedSlots, seat: int, config: _WorkerConfig) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process.
+
+    SIGINT and SIGTERM reach every process of the group (Ctrl-C, ``kill -TERM -PGID``,
+    systemd, ``timeout``): the parent stops gracefully and lets running records finish, so
+    workers must not die of them. A Python handler that does nothing, not SIG_IGN, which
+    the handler's own subprocesses would inherit (exec resets a handler to the default).
+    """
+    signal.signal(signal.SIGTERM, _leave_to_the_parent)
+    signal.signal(signal.SIGINT, _leave_to_the_parent)
     _die_with_parent(config.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
         _worker_loop(conn, shm, seat, config)
 
@@ -1584,36 +1616,44 @@ def _worker_loop(conn: Any, shm: _SharedSlots, seat: int, config: _WorkerConfig)
     rss_limit = None if config.max_rss_mb is None else config.max_rss_mb * 1024 * 1024
     me = psutil.Process() if rss_limit is not None else None
     tasks_done = 0
-    while True:
-        message = inbox.get()
-        if message is None:
-            break
-        task_id, raw_records = message
-        if not _run_task(send, slot, handler, task_id, raw_records):
-            break
-        tasks_done += 1
-        retire = ""
-        if config.max_tasks is not None and tasks_done >= config.max_tasks:
-            retire = f"handled {tasks_done} tasks (max_tasks_per_worker)"
-        elif me is not None and rss_limit is not None:
-            rss = me.memory_info().rss
-            if rss > rss_limit:
-                retire = f"rss {rss / 2**20:.0f} MiB > max_worker_rss_mb {config.max_rss_mb:g}"
-        if retire:
-            send((_MSG_RETIRING, retire))
-            break
-    stop.set()
+    awaiter = AwaitableRunner()  # async handlers: one event loop per worker, made on first use
+    try:
+        while True:
+            message = inbox.get()
+            if message is None:
+                break
+            if not _run_task(send, slot, handler, awaiter, message):
+                break
+            tasks_done += 1
+            retire = ""
+            if config.max_tasks is not None and tasks_done >= config.max_tasks:
+                retire = f"handled {tasks_done} tasks (max_tasks_per_worker)"
+            elif me is not None and rss_limit is not None:
+                rss = me.memory_info().rss
+                if rss > rss_limit:
+                    retire = f"rss {rss / 2**20:.0f} MiB > max_worker_rss_mb {config.max_rss_mb:g}"
+            if retire:
+                send((_MSG_RETIRING, retire))
+                break
+    finally:
+        awaiter.close()
+        stop.set()
 
 
 def _run_task(
     send: Callable[[tuple[Any, ...]], None],
     slot: memoryview[float],
     handler: Callable[[Record], object],
-    task_id: int,
-    raw_records: list[tuple[Any, ...]],
+    awaiter: AwaitableRunner,
+    task: _Message,
 ) -> bool:
-    """Run one task; False when the pool asked this worker to stop."""
+    """Run one task; False when the pool asked this worker to stop.
+
+    A handler's awaitable result (an ``async def`` handler) is run to completion first.
+    """
+    task_id, raw_records = task
     monotonic = time.monotonic
+    isawaitable = inspect.isawaitable
     task_mark = float(task_id)
     count = len(raw_records)
     slot[_PROGRESS] = 0.0
@@ -1634,7 +1674,9 @@ def _run_task(
         slot[_PROGRESS] = 2.0 * index + 1.0
         slot[_SEQ] += 1.0
         try:
-            handler(record)
+            result = handler(record)
+            if result is not None and isawaitable(result):
+                awaiter.run(result)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:

@@ -11,10 +11,13 @@ record's value:
     hang:...          sleep for an hour (a stuck handler)
     gilhang:...       sleep for an hour in C holding the GIL (a wedged worker)
     slow:SECONDS:...  sleep SECONDS, then return
+    holdcrash:PATH    wait until PATH exists; the first run of each record then dies
+                      (os._exit), a later one returns
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import os
@@ -66,13 +69,35 @@ def scripted(store: str, record: Record) -> None:
         ctypes.PyDLL(None).sleep(3600)
     if command == "slow":
         time.sleep(float(rest.split(":", 1)[0]))
+    if command == "holdcrash":
+        _hold_then_crash_once(Path(rest), record)
     _write(store, "done", record)
+
+
+def _hold_then_crash_once(release: Path, record: Record) -> None:
+    deadline = time.monotonic() + 60
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    marker = release.with_name(f"{release.name}.{record.partition}.{record.offset}.crashed")
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return  # crashed once already
+    os._exit(3)
 
 
 def plain(store: str, record: Record) -> None:
     """Succeed for every record, whatever its value says."""
     _write(store, "start", record)
     _write(store, "done", record)
+
+
+async def async_plain(store: str, record: Record) -> None:
+    """``plain`` as an ``async def`` handler: each line is written after an await."""
+    await asyncio.sleep(0.001)
+    _write(store, "start", record)
+    await asyncio.sleep(0.001)
+    _write(store, "done", record, loop=id(asyncio.get_running_loop()))
 
 
 def read_store(store: str | Path, event: str = "done") -> list[dict[str, Any]]:

@@ -211,6 +211,53 @@ def test_sigterm_mid_run_exits_0_and_the_next_run_does_the_rest(
     assert first & second == set(), "a graceful stop leaves no duplicates"
 
 
+def test_sigterm_to_the_process_group_lets_running_handlers_finish(
+    kafka: KafkaTestEnv, tmp_path: Path
+) -> None:
+    # systemd's default KillMode, `timeout` and `kill -TERM -PGID` signal every process of
+    # the group, the workers too: they must finish their records, not die and run them again.
+    topic = kafka.create_topic("cli-pgterm", partitions=2)
+    for partition in (0, 1):
+        kafka.produce(topic, [b"slow:2:"] * 3, partition=partition)
+    store = tmp_path / "store.jsonl"
+    group = unique_name("g")
+    process = subprocess.Popen(
+        [*CLI, *base_args(kafka, topic, group)],
+        cwd=REPO,
+        env=cli_env(store),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: len(read_store(store, "start")) == 2,
+            timeout=60,
+            message="both workers run a 2 s record",
+        )
+        started = read_store(store, "start")
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    summary = summary_of(stdout)
+    assert summary["worker-crashes"] == "0", stdout
+    assert summary["ok"] == "2", stdout
+    done = read_store(store)
+    running = {(e["partition"], e["offset"]) for e in started}
+    assert {(e["partition"], e["offset"]) for e in done} == running, "the running ones finished"
+    assert len(read_store(store, "start")) == 2, "nothing ran twice, nothing new started"
+    assert {e["pid"] for e in done} == {e["pid"] for e in started}, "in the same workers"
+    prefix = {p: 0 for p in (0, 1)}  # the done records contiguous from offset 0
+    while any((p, prefix[p]) in running for p in (0, 1)):
+        prefix = {p: n + 1 if (p, n) in running else n for p, n in prefix.items()}
+    assert any(prefix.values())
+    expected = {p: n if n else -1001 for p, n in prefix.items()}  # -1001: nothing committed
+    assert kafka.committed(group, topic) == expected, "what is done is committed"
+
+
 def fetch(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:

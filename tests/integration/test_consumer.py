@@ -7,13 +7,14 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from procpool_kafka import ConsumerConfig, ProcPoolConsumer
-from tests.integration.handlers import coordinates, plain, read_store, scripted
+from tests.integration.handlers import async_plain, coordinates, plain, read_store, scripted
 from tests.integration.runner import (
     FAST_GROUP,
     ThreadedConsumer,
@@ -54,6 +55,23 @@ def test_multiple_topics_one_handler_all_handled_and_committed(
         summary = running.stop()
     assert summary.records_ok == len(expected) == 120
     assert len(read_store(store)) == 120, "no duplicates in a clean run"
+
+
+def test_async_handler_runs_in_the_workers_and_commits(kafka: KafkaTestEnv, tmp_path: Path) -> None:
+    topic = kafka.create_topic("async", partitions=2)
+    kafka.produce(topic, (b"ok:" for _ in range(10)))
+    store = str(tmp_path / "store.jsonl")
+    config = make_config(kafka, [topic])
+    with ThreadedConsumer(config, functools.partial(async_plain, store)) as running:
+        wait_for(lambda: len(read_store(store)) >= 10, timeout=60, message="all handled")
+        wait_for(lambda: kafka.fully_committed(config.group_id, topic), timeout=30)
+        summary = running.stop()
+    done = read_store(store)
+    assert coordinates(store) == all_offsets(kafka, topic)
+    assert len(done) == 10, "each record once"
+    assert summary.records_ok == 10 and summary.records_failed == 0
+    loops_per_worker = {(e["pid"], e["loop"]) for e in done}
+    assert len(loops_per_worker) == len({e["pid"] for e in done}), "one event loop per worker"
 
 
 def test_out_of_order_completion_commits_contiguous_prefix_and_restart_resumes_there(
@@ -123,6 +141,44 @@ def test_two_consumer_processes_rebalance_with_work_in_flight_lose_nothing(
     assert "revoked" in (tmp_path / "first.log").read_text()
 
 
+def test_repeated_rebalances_with_zero_revoke_timeout_lose_nothing(
+    kafka: KafkaTestEnv, tmp_path: Path
+) -> None:
+    # revoke_timeout=0: every revoke and every stop kills the workers running records of the
+    # partitions that go; with 1 ms records the worker may have moved on to a record of a kept
+    # partition when the kill lands: that one is re-queued (kill by target), not dropped. (The
+    # pool's unit tests make that case deterministic; here it happens now and then.)
+    topic = kafka.create_topic("rekill", partitions=4)
+    store = str(tmp_path / "store.jsonl")
+    config = make_config(kafka, [topic], revoke_timeout=0.0)
+    kills = 0
+    with ThreadedConsumer(config, functools.partial(scripted, store)) as first:
+        wait_for(lambda: len(first.consumer.assignment()) == 4, timeout=60)
+        for _ in range(3):
+            kafka.produce(topic, (b"slow:0.001:" for _ in range(4000)))  # work in flight
+            with ThreadedConsumer(config, functools.partial(scripted, store)) as second:
+                wait_for(second.consumer.assignment, timeout=60, message="joined")
+                wait_for(lambda: len(first.consumer.assignment()) < 4, timeout=60)
+                second_summary = second.stop()
+            kills += sum(second.consumer.counters.worker_kills.values())
+            assert second_summary.worker_crashes == 0
+            wait_for(lambda: len(first.consumer.assignment()) == 4, timeout=60, message="left")
+        wait_for(
+            lambda: kafka.fully_committed(config.group_id, topic),
+            timeout=120,
+            message="commits reach the end offsets",
+        )
+        kills += sum(first.consumer.counters.worker_kills.values())
+        summary = first.stop()
+    assert coordinates(store) >= all_offsets(kafka, topic), "every record handled"
+    assert summary.worker_crashes == 0
+    assert kills >= 1, "no revoke or stop found a record running: the test proved nothing"
+    rerun = consumer_config(kafka.bootstrap, [topic], group_id=config.group_id)
+    with ProcPoolConsumer(rerun, functools.partial(plain, str(tmp_path / "rerun.jsonl"))) as last:
+        assert last.run(until_end=True).records_ok == 0, "nothing was left uncommitted"
+    print(f"rekill: records={len(all_offsets(kafka, topic))} kills={kills}")
+
+
 def test_stuck_handler_on_revoked_partition_is_killed_and_other_member_processes_it(
     kafka: KafkaTestEnv, tmp_path: Path
 ) -> None:
@@ -148,6 +204,33 @@ def test_stuck_handler_on_revoked_partition_is_killed_and_other_member_processes
             assert kept[0]["pid"] in pids_after, "the kept partition's task keeps running"
             assert first.consumer.counters.worker_kills["revoke-timeout"] == 1
     assert elapsed < config.revoke_timeout + 15
+
+
+def test_worker_crash_during_a_revoke_drain_leaves_the_revoked_record_to_the_new_owner(
+    kafka: KafkaTestEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = kafka.create_topic("drain-crash", partitions=2)
+    release = tmp_path / "release"
+    for partition in (0, 1):  # each waits for the release, then kills its worker (once)
+        kafka.produce(topic, [f"holdcrash:{release}".encode()], partition=partition)
+    first_store, second_store = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
+    config = make_config(kafka, [topic], revoke_timeout=30.0)
+    caplog.set_level(logging.INFO, logger="procpool_kafka.consumer")
+    with ThreadedConsumer(config, functools.partial(scripted, first_store)) as first:
+        wait_for(lambda: len(read_store(first_store, "start")) == 2, timeout=60)
+        with ThreadedConsumer(config, functools.partial(plain, second_store)) as second:
+            wait_for(lambda: "revoked:" in caplog.text, timeout=60, message="a revoke drain")
+            release.touch()  # both workers die; one was running the revoked partition's record
+            wait_for(lambda: kafka.committed(config.group_id, topic) == {0: 1, 1: 1}, timeout=60)
+            ((_, moved),) = second.consumer.assignment()
+        crashes = first.consumer.counters.worker_crashes
+    kept = 1 - moved
+    first_starts = Counter(e["partition"] for e in read_store(first_store, "start"))
+    assert first_starts[moved] == 1, "the revoked partition's record did not run here again"
+    assert {(e["partition"], e["offset"]) for e in read_store(second_store)} == {(moved, 0)}
+    assert first_starts[kept] == 2, "the kept partition's record ran again after the crash"
+    assert {(e["partition"], e["offset"]) for e in read_store(first_store)} == {(kept, 0)}
+    assert crashes == 2
 
 
 def test_sigkill_of_a_worker_mid_task_loses_nothing(kafka: KafkaTestEnv, tmp_path: Path) -> None:

@@ -15,10 +15,15 @@ handler covers every behaviour the tests need:
     unpicklable         raise an exception that cannot be pickled
     grow:MB             keep MB more megabytes alive in this process
     mpchild             start and join a multiprocessing child process
+
+The ``async`` handlers below read the value as a path to create after an ``await`` (or
+``fail:TEXT``, raised after an await; ``sleep:SECONDS``; ``background:PATH`` leaves a task
+running that creates PATH when cancelled), one per shape a coroutine handler can take.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import multiprocessing
 import os
@@ -27,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +131,56 @@ class KilledAtLoad:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (killing_loader, (self._marker, self._always))
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _note_cancel(path: str) -> None:
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        Path(path).touch()
+        raise
+
+
+async def touch_after_await(record: Record, suffix: str = "") -> None:
+    """Await, then create the file named by the value (+ suffix); ``fail:TEXT`` raises."""
+    await asyncio.sleep(0.01)
+    text = (record.value or b"").decode()
+    if text.startswith("fail:"):
+        raise ValueError(text.removeprefix("fail:"))
+    if text.startswith("sleep:"):
+        await asyncio.sleep(float(text.removeprefix("sleep:")))
+        return
+    if text.startswith("background:"):  # leave a task running; it notes its cancellation
+        _background.add(asyncio.create_task(_note_cancel(text.removeprefix("background:"))))
+        return
+    Path(text + suffix).write_text(str(id(asyncio.get_running_loop())))
+
+
+class AsyncCallable:
+    """An object whose ``__call__`` is a coroutine function."""
+
+    async def __call__(self, record: Record) -> None:
+        await touch_after_await(record)
+
+
+def returns_coroutine(record: Record) -> Awaitable[None]:
+    """A plain function returning a coroutine."""
+    return touch_after_await(record)
+
+
+class _Awaitable:
+    """An awaitable that is not a coroutine (it has ``__await__``)."""
+
+    def __init__(self, record: Record) -> None:
+        self._record = record
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return touch_after_await(self._record).__await__()
+
+
+def returns_awaitable(record: Record) -> Awaitable[None]:
+    """A plain function returning an awaitable object that is not a coroutine."""
+    return _Awaitable(record)

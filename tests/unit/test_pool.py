@@ -7,6 +7,7 @@ through ``collect_until``; no bare sleep is used as synchronisation.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -35,7 +36,14 @@ from procpool_kafka.pool import (
     WorkerPool,
 )
 from procpool_kafka.records import Record
-from tests.unit.pool_handlers import KilledAtLoad, command
+from tests.unit.pool_handlers import (
+    AsyncCallable,
+    KilledAtLoad,
+    command,
+    returns_awaitable,
+    returns_coroutine,
+    touch_after_await,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 Events = list[PoolEvent]
@@ -201,6 +209,73 @@ def test_long_messages_and_tracebacks_are_truncated(make_pool: PoolFactory) -> N
     assert len(event.error.traceback) <= 64 * 1024
 
 
+# --------------------------------------------------------------------------- async handlers
+
+ASYNC_SHAPES = {
+    "async-def": touch_after_await,
+    "partial-of-async-def": functools.partial(touch_after_await, suffix=".partial"),
+    "async-call-method": AsyncCallable(),
+    "sync-returning-coroutine": returns_coroutine,
+    "sync-returning-awaitable": returns_awaitable,
+}
+
+
+@pytest.mark.parametrize("shape", list(ASYNC_SHAPES))
+def test_async_handlers_run_to_completion(
+    make_pool: PoolFactory, tmp_path: Path, shape: str
+) -> None:
+    handler = ASYNC_SHAPES[shape]
+    suffix = ".partial" if shape == "partial-of-async-def" else ""
+    pool = make_pool(handler, workers=1)
+    paths = [tmp_path / f"record-{offset}" for offset in range(3)]
+    pool.submit([rec(str(path), offset) for offset, path in enumerate(paths)])
+    pool.submit([rec("fail:after an await", 3)])
+    events = by_offset(collect_until(pool, all_done(pool)))
+
+    for offset, path in enumerate(paths):
+        assert finished_ok(events[offset]), events[offset]
+        marker = Path(str(path) + suffix)
+        assert marker.exists(), "the coroutine's body ran"
+    loops = {Path(str(path) + suffix).read_text() for path in paths}
+    assert len(loops) == 1, "one event loop per worker, reused across records"
+    failed = events[3]
+    assert isinstance(failed, RecordFinished) and failed.error is not None
+    assert failed.error.type_name == "builtins.ValueError"
+    assert failed.error.message == "after an await"
+    assert "touch_after_await" in failed.error.traceback
+    assert "asyncio" not in failed.error.traceback, "the traceback starts in the handler"
+    assert "awaitables.py" not in failed.error.traceback
+    assert pool.restarts() == {"crashed": 0, "killed": 0, "recycled": 0}
+
+
+def test_the_event_loop_is_closed_when_the_worker_exits(
+    make_pool: PoolFactory, tmp_path: Path
+) -> None:
+    cancelled = tmp_path / "cancelled"
+    pool = make_pool(touch_after_await, workers=1)
+    pool.submit([rec(f"background:{cancelled}", 0)])
+    (event,) = collect_until(pool, all_done(pool))
+    assert finished_ok(event)
+    assert not cancelled.exists(), "the task the handler left runs on while the worker lives"
+    pool.close(timeout=10.0)
+    assert cancelled.exists(), "closing the loop at exit cancelled the task"
+
+
+def test_async_handler_is_supervised_like_a_sync_one(make_pool: PoolFactory) -> None:
+    pool = make_pool(touch_after_await, workers=1, heartbeat_interval=0.05)
+    task_id = pool.submit([rec("sleep:1000", 0)])
+    collect_until(pool, lambda _: 0 in running_offsets(pool))
+    first = running_offsets(pool)[0]
+    assert first.task_id == task_id
+    collect_until(
+        pool, lambda _: running_offsets(pool)[0].last_heartbeat >= first.last_heartbeat + 0.3
+    )
+    assert pool.kill(first.pid, "task timeout")
+    (aborted,) = collect_until(pool, all_done(pool))
+    assert isinstance(aborted, RecordAborted)
+    assert (aborted.killed, aborted.reason, aborted.pid) == (True, "task timeout", first.pid)
+
+
 # --------------------------------------------------------------------------- crashes
 
 
@@ -277,22 +352,71 @@ def test_kill_aborts_only_the_stuck_worker(make_pool: PoolFactory, release: Path
     assert stuck_pid not in pool.pids()
 
 
-def test_kill_escalates_to_sigkill_when_sigterm_is_ignored(make_pool: PoolFactory) -> None:
-    def ignore_sigterm_and_sleep(record: Record) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def test_kill_sends_sigkill_at_once_never_sigterm(make_pool: PoolFactory, tmp_path: Path) -> None:
+    marker = tmp_path / "sigterm-seen"
+
+    def note_sigterm_and_sleep(record: Record) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: marker.touch())
         time.sleep(1000)
 
-    pool = make_pool(ignore_sigterm_and_sleep, workers=1, kill_grace=0.3)
+    pool = make_pool(note_sigterm_and_sleep, workers=1)
     pool.submit([rec("x", 0)])
     collect_until(pool, lambda _: 0 in running_offsets(pool))
     pid = pool.running()[0].pid
-    started = time.monotonic()
-    pool.kill(pid, "stuck")
-    pool.kill(pid, "second reason is ignored")
+    assert pool.kill(pid, "stuck")
+    assert not pool.kill(pid, "second reason is ignored")
     (aborted,) = collect_until(pool, all_done(pool))
     assert isinstance(aborted, RecordAborted)
     assert (aborted.killed, aborted.reason) == (True, "stuck")
-    assert time.monotonic() - started >= 0.3, "SIGTERM was ignored: only SIGKILL ended it"
+    assert gone(pid)
+    assert not marker.exists(), "the worker got SIGTERM (which workers ignore) before SIGKILL"
+
+
+@pytest.mark.parametrize("next_in", ["same task", "next task"])
+def test_kill_for_a_record_that_just_finished_requeues_the_next_one(
+    make_pool: PoolFactory, tmp_path: Path, next_in: str
+) -> None:
+    # The supervisor saw record 0 overdue, but the worker finished it and started record 1
+    # before the kill landed: record 1 is collateral, queued again, not aborted.
+    first, second = tmp_path / "first", tmp_path / "second"
+    pool = make_pool(workers=1)
+    records = [rec(f"waitfile:{first}", 0), rec(f"waitfile:{second}", 1)]
+    if next_in == "same task":
+        task_ids = [pool.submit(records)] * 2
+    else:
+        task_ids = [pool.submit(records[:1]), pool.submit(records[1:])]
+    collect_until(pool, lambda _: 0 in running_offsets(pool))
+    target = running_offsets(pool)[0]
+    first.touch()
+    events = collect_until(pool, lambda _: 1 in running_offsets(pool))
+    assert running_offsets(pool)[1].pid == target.pid
+
+    assert pool.kill(target.pid, "task timeout", target)
+    second.touch()  # the re-run of record 1 finishes at once
+    finished = by_offset(collect_until(pool, all_done(pool), events=events))
+
+    assert sorted(finished) == [0, 1]
+    assert finished_ok(finished[0]), "the target had finished: not aborted either"
+    assert finished_ok(finished[1]), "the collateral record ran again and finished"
+    assert finished[1].pid != target.pid
+    assert [finished[0].task_id, finished[1].task_id] == task_ids, "events match the tasks"
+    assert not any(isinstance(event, RecordAborted) for event in events)
+    assert pool.restarts() == {"crashed": 0, "killed": 1, "recycled": 0}
+
+
+def test_kill_with_its_target_still_running_aborts_it(
+    make_pool: PoolFactory, release: Path
+) -> None:
+    pool = make_pool(workers=1)
+    pool.submit([rec(f"waitfile:{release}", 0), rec("ok", 1)])
+    collect_until(pool, lambda _: 0 in running_offsets(pool))
+    target = running_offsets(pool)[0]
+    assert pool.kill(target.pid, "task timeout", target)
+    finished = by_offset(collect_until(pool, all_done(pool)))
+    aborted = finished[0]
+    assert isinstance(aborted, RecordAborted)
+    assert (aborted.killed, aborted.reason) == (True, "task timeout")
+    assert finished_ok(finished[1]), "never started: run by the replacement"
 
 
 def test_kill_unknown_pid_is_a_noop(make_pool: PoolFactory) -> None:
@@ -347,16 +471,61 @@ def test_kill_mid_batch_costs_only_the_running_record(make_pool: PoolFactory) ->
     assert {event.task_id for event in events.values()} == {task_id}
 
 
-def test_sigint_does_not_reach_workers(make_pool: PoolFactory, release: Path) -> None:
+def signals_pending(pid: int) -> bool:
+    """Whether signals sent to process ``pid`` wait for delivery (False once it is dead)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    if gone(pid):
+        return False
+    shared = next(line for line in status.splitlines() if line.startswith("ShdPnd:"))
+    return int(shared.split()[1], 16) != 0
+
+
+def test_sigterm_and_sigint_leave_a_running_handler_alone(
+    make_pool: PoolFactory, release: Path
+) -> None:
+    # What a stop of the whole process group sends (systemd, `timeout`, `kill -TERM -PGID`,
+    # Ctrl-C): the parent decides how to stop; the worker finishes its record.
     pool = make_pool(workers=1)
     pool.submit([rec(f"waitfile:{release}", 0)])
     collect_until(pool, lambda _: 0 in running_offsets(pool))
     pid = pool.pids()[0]
-    os.kill(pid, signal.SIGINT)  # what a terminal Ctrl-C sends to the process group
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + 10.0
+    while signals_pending(pid):
+        assert time.monotonic() < deadline, "the signals were never delivered"
+        time.sleep(0.01)  # polling the condition, not synchronising on time
+    assert not gone(pid), "the worker died of the signals"
     release.touch()
     (event,) = collect_until(pool, all_done(pool))
     assert finished_ok(event)
+    assert event.pid == pid
     assert pool.pids() == [pid]
+    assert pool.restarts() == {"crashed": 0, "killed": 0, "recycled": 0}
+
+
+def test_subprocesses_of_a_handler_get_default_sigint_and_sigterm(
+    make_pool: PoolFactory, tmp_path: Path
+) -> None:
+    # Workers must not SIG_IGN the stop signals: a handler's own subprocesses would inherit it.
+    out = tmp_path / "sigign"
+
+    def report_child_sigign(record: Record) -> None:
+        status = subprocess.run(
+            ["grep", "SigIgn", "/proc/self/status"], capture_output=True, text=True, check=True
+        )
+        out.write_text(status.stdout)
+
+    pool = make_pool(report_child_sigign, workers=1)
+    pool.submit([rec("x", 0)])
+    (event,) = collect_until(pool, all_done(pool))
+    assert finished_ok(event), event
+    ignored = int(out.read_text().split()[1], 16)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        assert not ignored & (1 << (signum - 1)), f"{signum.name} is ignored in the subprocess"
 
 
 def test_submit_never_blocks_on_large_tasks(make_pool: PoolFactory, release: Path) -> None:
@@ -560,6 +729,49 @@ def test_cancel_drops_pending_and_prefetched_records_not_the_running_one(
     assert finished_ok(events[0])
     assert finished_ok(events[6])
     assert pool.outstanding() == 0
+
+
+@pytest.mark.parametrize("death", ["crash", "kill"])
+def test_worker_dying_while_its_task_is_cancelled_requeues_nothing(
+    make_pool: PoolFactory, release: Path, death: str
+) -> None:
+    # A revoke drain: pool.cancel() for the partition, then the worker running its record dies.
+    pool = make_pool(workers=1)
+    running_task = pool.submit([rec(f"waitfile:{release}", 0), rec("ok", 1), rec("ok", 2)])
+    pool.submit([rec("ok", 3)])  # prefetched by the worker
+    pool.submit([rec("ok", 4, partition=1)])  # pending, another partition
+    collect_until(pool, lambda _: 0 in running_offsets(pool))
+    pid = running_offsets(pool)[0].pid
+    assert pool.cancel(lambda record: record.partition == 0) == 3
+    if death == "crash":
+        os.kill(pid, signal.SIGKILL)  # like an OOM kill
+    else:
+        pool.kill(pid, "revoke-timeout", running_offsets(pool)[0])
+    release.touch()  # a re-run of offset 0 would finish
+    events = by_offset(collect_until(pool, all_done(pool)))
+
+    assert sorted(events) == [0, 4], "the cancelled records 1-3 are not run again"
+    aborted = events[0]
+    assert isinstance(aborted, RecordAborted)
+    assert (aborted.task_id, aborted.pid, aborted.killed) == (running_task, pid, death == "kill")
+    assert aborted.cancelled, "tells the caller that it dropped this work: do not run it again"
+    assert finished_ok(events[4])
+    assert pool.outstanding() == 0
+    assert pool.collect(0.3) == [], "nothing left to run"
+
+
+def test_a_record_aborted_outside_a_cancel_is_not_marked_cancelled(
+    make_pool: PoolFactory, release: Path
+) -> None:
+    pool = make_pool(workers=1)
+    pool.submit([rec(f"waitfile:{release}", 0)])
+    pool.submit([rec("ok", 1, partition=1)])
+    collect_until(pool, lambda _: 0 in running_offsets(pool))
+    pool.cancel(lambda record: record.partition == 1)
+    os.kill(running_offsets(pool)[0].pid, signal.SIGKILL)
+    (aborted,) = collect_until(pool, all_done(pool))
+    assert isinstance(aborted, RecordAborted)
+    assert not aborted.cancelled
 
 
 def test_cancel_with_nothing_matching_drops_nothing(make_pool: PoolFactory) -> None:
