@@ -94,6 +94,47 @@ def kafka_bootstrap(local_broker: LocalBroker | None) -> Iterator[str]:
         yield container.get_bootstrap_server()
 
 
+@dataclass(frozen=True)
+class PrivateBroker:
+    """A broker of one test's own (restarted, stopped, or fresh from its first start)."""
+
+    bootstrap: str
+    state_dir: Path
+
+    def command(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(KAFKA_LOCAL), *args],
+            env={**os.environ, "PROCPOOL_KAFKA_LOCAL_DIR": str(self.state_dir)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    def restart(self) -> None:
+        result = self.command("restart")
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A freshly formatted scripts/kafka-local broker for this test only."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.fail(
+            "this test needs a broker of its own: scripts/kafka-local "
+            "(unset KAFKA_BOOTSTRAP_SERVERS)",
+            pytrace=False,
+        )
+    broker = PrivateBroker("", tmp_path / "broker")
+    result = broker.command("up")
+    assert result.returncode == 0, result.stderr
+    broker = PrivateBroker(result.stdout.strip().splitlines()[-1], broker.state_dir)
+    try:
+        yield broker
+    finally:
+        broker.command("down")
+
+
 @pytest.fixture
 def kafka(kafka_bootstrap: str) -> Iterator[KafkaTestEnv]:
     """Per-test helpers; topics it created are deleted afterwards."""

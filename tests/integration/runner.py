@@ -78,7 +78,11 @@ class ThreadedConsumer:
 def spawn_consumer_process(
     config: dict[str, Any], store: Path, log_file: Path
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m tests.integration.runner`` with a JSON config; SIGTERM stops it."""
+    """Start ``python -m tests.integration.runner`` with a JSON config; SIGTERM stops it.
+
+    ``config`` holds ConsumerConfig fields; ``retry`` a list of RetryPolicy keyword dicts
+    (lists for tuples); ``_log_level`` the log level (default INFO).
+    """
     with log_file.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "tests.integration.runner", json.dumps(config), str(store)],
@@ -93,10 +97,14 @@ def _main() -> None:
     import functools
     import logging
 
+    from procpool_kafka.retry import RetryPolicy
     from tests.integration.handlers import scripted
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = ConsumerConfig(**json.loads(sys.argv[1]))
+    settings = json.loads(sys.argv[1])
+    level = settings.pop("_log_level", "INFO")  # DEBUG: pauses and held records are logged
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    settings["retry"] = [RetryPolicy(**policy) for policy in settings.get("retry", [])]
+    config = ConsumerConfig(**settings)
     consumer = ProcPoolConsumer(config, functools.partial(scripted, sys.argv[2]))
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     with consumer:
