@@ -697,9 +697,17 @@ class ProcPoolConsumer:
 
     # ------------------------------------------------------------------ rebalancing
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         self._health.mark_up()
         tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        if partitions:
+            # librdkafka keeps a partition's pause flag when it is revoked while paused and
+            # assigned again later (it never fetched again: test_pauses_across_rebalances);
+            # a partition comes back unpaused, as our PauseBook forgot it
+            try:
+                consumer.resume(partitions)
+            except KafkaException as error:
+                log.debug("resuming newly assigned partitions: %s", error)
         self._counters.rebalances += 1
         self._owned.update(tps)
         self._supervisor.adopt(tps)

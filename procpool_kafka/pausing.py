@@ -84,7 +84,8 @@ class PauseBook:
             self._resume_at[tp] = offset
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """The partitions left this consumer: librdkafka drops their pause state too."""
+        """The partitions left this consumer (the consumer resumes them when they come back:
+        librdkafka keeps the pause flag of a partition revoked while paused)."""
         for tp in partitions:
             self._reasons.pop(tp, None)
             self._resume_at.pop(tp, None)

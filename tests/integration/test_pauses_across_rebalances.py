@@ -46,7 +46,8 @@ def member_config(kafka: KafkaTestEnv, topic: str, group: str) -> dict[str, Any]
 def fill(kafka: KafkaTestEnv, topic: str, reason: str) -> int:
     """Records that make the member pause for ``reason``; returns how many there are."""
     if reason == "backpressure":
-        return kafka.produce(topic, [b"slow:0.05:"] * 120)  # max_in_flight 4: pauses
+        # at max_in_flight (4) for over a second, the member pauses its partitions
+        return kafka.produce(topic, [b"slow:3:"] * 12)
     kafka.create_named_topic(f"{topic}-retry", partitions=2)
     not_before = str(int(time.time() * 1000) + 8000).encode()  # due in 8 s
     headers = [("procpool.attempt", b"2"), ("procpool.not-before", not_before)]
