@@ -141,6 +141,7 @@ def _revoke(doc: dict[str, Any], contenders: Sequence[str]) -> str:
         stopped = r.get("member1_stop_s")
         return (
             num(r.get("rebalance_s"), 2),
+            num(r.get("stuck_handled_s"), 2),
             f"{num(r.get('member2_handled_s'), 2)} (<= {r['target_s']:g})",
             num(r.get("member2_done_s"), 2),
             "yes" if r.get("stuck_partition_moved") else "no",
@@ -151,6 +152,7 @@ def _revoke(doc: dict[str, Any], contenders: Sequence[str]) -> str:
 
     columns = (
         "member 2 assigned s",
+        "stuck record handled s",
         "moved partitions all handled s (target)",
         "and committed s",
         "stuck partition moved ",

@@ -174,6 +174,7 @@ def build_config(values: dict[str, Any]) -> ConsumerConfig:
         connect_timeout=values["connect_timeout"],
         broker_timeout=values["broker_timeout"],
         kafka_config=values["kafka_config"],
+        group_protocol=values["group_protocol"],
         retry=policies,
         create_topics=values["create_topics"],
         **optional,

@@ -56,7 +56,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("bootstrap-servers", Kind.STR, None, "Kafka bootstrap servers (host:port,...)", "-b"),
     Option("group-id", Kind.STR, None, "consumer group id", "-G"),
     Option("topic", Kind.LIST, [], "topic to consume (repeatable)", "-t", "TOPIC"),
-    Option("workers", Kind.INT, None, "worker processes (default: CPU count)", "-w"),
+    Option(
+        "workers", Kind.INT, None, "worker processes (default: the CPUs this process may use)", "-w"
+    ),
     Option("max-in-flight", Kind.INT, 5000, "records queued or running at most"),
     Option("revoke-timeout", Kind.FLOAT, 30.0, "seconds running work gets at a rebalance/stop"),
     Option("task-timeout", Kind.OPTIONAL_FLOAT, None, "hard limit per handler call (seconds)"),
@@ -93,6 +95,12 @@ OPTIONS: tuple[Option, ...] = (
         "librdkafka setting key=value (repeatable)",
         "-X",
         "KEY=VALUE",
+    ),
+    Option(
+        "group-protocol",
+        Kind.STR,
+        "classic",
+        "consumer group protocol: classic, or consumer (KIP-848, timing set by the broker)",
     ),
     Option("until-end", Kind.BOOL, False, "batch mode: stop at the end offsets seen at start"),
     Option("wait-retries", Kind.BOOL, False, "with --until-end: also wait for retries it made"),

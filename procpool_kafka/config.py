@@ -7,10 +7,11 @@ librdkafka settings pass through ``kafka_config``; the ones procpool-kafka depen
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from loky import cpu_count
 
 from procpool_kafka.errors import ConfigError
 from procpool_kafka.retry import RetryPolicy, policy_for, validate_policies
@@ -36,6 +37,28 @@ DEFAULT_KAFKA_SETTINGS: dict[str, KafkaValue] = {
     # members learn of a rebalance at their next heartbeat, and a cooperative handover takes
     # two rounds (stuck-handler handover measured 8.3 s with librdkafka's 3 s, 7.4 s with 1 s)
     "heartbeat.interval.ms": 1000,
+}
+
+#: group protocols: "classic" (the default) and "consumer" (KIP-848, broker-side assignment)
+GROUP_PROTOCOLS = ("classic", "consumer")
+
+#: classic-protocol settings librdkafka rejects under group.protocol=consumer, each with what
+#: takes its place there
+CLASSIC_ONLY_KAFKA_SETTINGS: dict[str, str] = {
+    "partition.assignment.strategy": (
+        "it is broker-side under the consumer protocol: the broker assigns partitions "
+        "(broker setting group.consumer.assignors; a member may pick one with "
+        "group.remote.assignor)"
+    ),
+    "session.timeout.ms": (
+        "it is broker-side under the consumer protocol "
+        "(broker setting group.consumer.session.timeout.ms)"
+    ),
+    "heartbeat.interval.ms": (
+        "it is broker-side under the consumer protocol "
+        "(broker setting group.consumer.heartbeat.interval.ms)"
+    ),
+    "group.protocol.type": "the consumer protocol has no protocol type; remove it",
 }
 
 _SECRET_MARKERS = ("password", "secret", "sasl.jaas", "oauthbearer.config", "key.pem", "token")
@@ -74,7 +97,8 @@ class ConsumerConfig:
     bootstrap_servers: str
     group_id: str
     topics: Sequence[str]
-    #: worker processes; default ``os.cpu_count()``
+    #: worker processes; default: the CPUs this process may use (loky's ``cpu_count()``: CPU
+    #: affinity, cgroup CPU quota and LOKY_MAX_CPU_COUNT count, unlike ``os.cpu_count()``)
     workers: int | None = None
     #: records queued or running at most; partitions pause when reached
     max_in_flight: int = 5000
@@ -108,6 +132,9 @@ class ConsumerConfig:
     create_topics: bool = False
     #: extra librdkafka settings for the retry/DLQ producer only
     producer_config: Mapping[str, KafkaValue] = field(default_factory=dict)
+    #: consumer group protocol: "classic", or "consumer" (KIP-848: the broker assigns
+    #: partitions and owns the group timing); ``kafka_config["group.protocol"]`` is the same
+    group_protocol: str = "classic"
 
     def __post_init__(self) -> None:
         if isinstance(self.topics, str):
@@ -119,8 +146,24 @@ class ConsumerConfig:
             object.__setattr__(self, "retry", [self.retry])
         object.__setattr__(self, "retry", list(self.retry))
         if self.workers is None:
-            object.__setattr__(self, "workers", os.cpu_count() or 1)
+            object.__setattr__(self, "workers", default_worker_count())
+        object.__setattr__(self, "group_protocol", self._resolve_group_protocol())
         self._validate()
+
+    def _resolve_group_protocol(self) -> str:
+        """``group_protocol``, or ``kafka_config["group.protocol"]`` when only that is set."""
+        chosen = _group_protocol("group_protocol", self.group_protocol)
+        if "group.protocol" not in self.kafka_config:
+            return chosen
+        given = _group_protocol(
+            "kafka_config['group.protocol']", self.kafka_config["group.protocol"]
+        )
+        if chosen not in ("classic", given):  # an explicit "consumer" against "classic"
+            raise ConfigError(
+                f"kafka_config['group.protocol']={given!r} conflicts with "
+                f"group_protocol={chosen!r}; set one of them"
+            )
+        return given
 
     @property
     def worker_count(self) -> int:
@@ -219,14 +262,25 @@ class ConsumerConfig:
                 raise ConfigError(
                     f"kafka_config[{key!r}] conflicts with the {key.replace('.', '_')} setting"
                 )
+        if self.group_protocol == "consumer":
+            for key, reason in CLASSIC_ONLY_KAFKA_SETTINGS.items():
+                if key in self.kafka_config:
+                    raise ConfigError(
+                        f"kafka_config[{key!r}] is not supported with group_protocol='consumer': "
+                        f"{reason}"
+                    )
 
     def librdkafka_settings(self) -> dict[str, KafkaValue]:
         """The full librdkafka configuration of the consumer."""
         settings: dict[str, KafkaValue] = dict(DEFAULT_KAFKA_SETTINGS)
+        if self.group_protocol == "consumer":
+            for key in CLASSIC_ONLY_KAFKA_SETTINGS:
+                settings.pop(key, None)
         settings.update(self.kafka_config)
         settings.update(REQUIRED_KAFKA_SETTINGS)
         settings["bootstrap.servers"] = self.bootstrap_servers
         settings["group.id"] = self.group_id
+        settings["group.protocol"] = self.group_protocol
         return settings
 
     def client_settings(self) -> dict[str, KafkaValue]:
@@ -265,6 +319,18 @@ class ConsumerConfig:
             for name, value in self.__dict__.items()
         )
         return f"ConsumerConfig({fields})"
+
+
+def default_worker_count() -> int:
+    """The CPUs this process may use: affinity (taskset), cgroup quota, LOKY_MAX_CPU_COUNT."""
+    return max(1, int(cpu_count()))
+
+
+def _group_protocol(name: str, value: object) -> str:
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text is None or text not in GROUP_PROTOCOLS:
+        raise ConfigError(f"{name} must be 'classic' or 'consumer', got {value!r}")
+    return text
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:

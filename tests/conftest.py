@@ -61,6 +61,12 @@ def kafka_local(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture(params=("classic", "consumer"))
+def group_protocol(request: pytest.FixtureRequest) -> str:
+    """A group test runs under the classic protocol and under KIP-848's consumer protocol."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
 def local_broker() -> Iterator[LocalBroker | None]:
     """This checkout's kafka-local broker with its SASL listener, or None when another is used."""

@@ -167,6 +167,11 @@ class KafkaTestEnv:
         committed = self.committed(group, topic)
         return all(committed[p] == end for p, end in self.end_offsets(topic).items() if end > 0)
 
+    def group_protocol(self, group: str) -> str:
+        """The protocol the broker runs ``group`` with: "classic" or "consumer" (KIP-848)."""
+        description = self.admin.describe_consumer_groups([group])[group].result(timeout=10)
+        return str(description.type.name).lower()
+
     def consume_all(self, topic: str, expected: int, timeout: float = 30.0) -> list[Message]:
         """Read ``expected`` messages of ``topic`` from the beginning (no group commits)."""
         consumer = Consumer(

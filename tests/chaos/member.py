@@ -20,6 +20,7 @@ from typing import Any
 from procpool_kafka import ConsumerConfig, ProcPoolConsumer
 from procpool_kafka.retry import Backoff, RetryPolicy
 from tests.chaos.handler import handle
+from tests.integration.runner import group_settings
 
 
 def build_config(settings: dict[str, Any]) -> ConsumerConfig:
@@ -42,7 +43,7 @@ def build_config(settings: dict[str, Any]) -> ConsumerConfig:
         crash_limit=2,
         max_worker_rss_mb=400,
         commit_interval=0.5,
-        kafka_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+        **group_settings(settings.get("group_protocol", "classic")),
     )
 
 

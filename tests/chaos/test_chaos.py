@@ -157,7 +157,7 @@ def dead_lettered(kafka: KafkaTestEnv, dlq: str) -> Counter[int]:
 
 
 def test_chaos_run_loses_nothing(
-    private_broker: PrivateBroker, tmp_path: Path, pytestconfig: pytest.Config
+    private_broker: PrivateBroker, tmp_path: Path, pytestconfig: pytest.Config, group_protocol: str
 ) -> None:
     count: int = pytestconfig.getoption("--chaos-messages")
     rng = random.Random(20261128)
@@ -181,6 +181,7 @@ def test_chaos_run_loses_nothing(
         "bootstrap": private_broker.bootstrap,
         "group": unique_name("chaos-group"),
         "topic": topic,
+        "group_protocol": group_protocol,
         "env": {**os.environ, "CHAOS_STORE": str(store)},
     }
     poison = {i for i, kind in enumerate(kinds) if kind == "poison"}
@@ -309,3 +310,4 @@ def test_chaos_run_loses_nothing(
     assert faults.consumer_kills == 3 and faults.broker_restarts == 1
     assert kafka.fully_committed(settings["group"], topic)
     assert kafka.fully_committed(settings["group"], f"{topic}-retry")
+    assert kafka.group_protocol(settings["group"]) == group_protocol

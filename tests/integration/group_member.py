@@ -4,7 +4,10 @@ Appends one JSON line per event to OUT: {"assigned": [...]} after each rebalance
 {"partition": p, "offset": o} per message, committing each offset synchronously. Runs until
 the file STOP exists, then closes (leaving the group).
 
-    python -m tests.integration.group_member BOOTSTRAP GROUP TOPIC OUT STOP
+    python -m tests.integration.group_member BOOTSTRAP GROUP TOPIC OUT STOP PROTOCOL
+
+PROTOCOL is the group protocol, "classic" or "consumer" (KIP-848, whose timing is
+the broker's).
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 
-def main(bootstrap: str, group: str, topic: str, out: Path, stop: Path) -> None:
+def main(bootstrap: str, group: str, topic: str, out: Path, stop: Path, *, protocol: str) -> None:
+    timing = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 500,
+            "group.protocol": protocol,
+            **(timing if protocol == "classic" else {}),
         }
     )
     assigned: set[int] = set()
@@ -35,7 +39,7 @@ def main(bootstrap: str, group: str, topic: str, out: Path, stop: Path) -> None:
             handle.write(json.dumps(event) + "\n")
 
     def on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        assigned.clear()
+        # eager (classic range): everything was revoked first; consumer protocol: incremental
         assigned.update(tp.partition for tp in partitions)
         write({"assigned": sorted(assigned)})
 
@@ -59,4 +63,5 @@ def main(bootstrap: str, group: str, topic: str, out: Path, stop: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]))
+    bootstrap, group, topic, out, stop, protocol = sys.argv[1:7]
+    main(bootstrap, group, topic, Path(out), Path(stop), protocol=protocol)

@@ -20,7 +20,16 @@ REPO = Path(__file__).resolve().parents[2]
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 
-def consumer_config(bootstrap: str, topics: list[str], **overrides: Any) -> ConsumerConfig:
+def group_settings(group_protocol: str) -> dict[str, Any]:
+    """ConsumerConfig fields for fast rebalances: the classic protocol takes its timing from
+    the client (FAST_GROUP); the consumer protocol from the broker (scripts/kafka-local)."""
+    fast = dict(FAST_GROUP) if group_protocol == "classic" else {}
+    return {"group_protocol": group_protocol, "kafka_config": fast}
+
+
+def consumer_config(
+    bootstrap: str, topics: list[str], group_protocol: str = "classic", **overrides: Any
+) -> ConsumerConfig:
     """A ConsumerConfig for tests: its own group, 2 workers, fast commits and rebalances."""
     settings: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
@@ -28,7 +37,7 @@ def consumer_config(bootstrap: str, topics: list[str], **overrides: Any) -> Cons
         "topics": topics,
         "workers": 2,
         "commit_interval": 0.2,
-        "kafka_config": dict(FAST_GROUP),
+        **group_settings(group_protocol),
     }
     settings.update(overrides)
     return ConsumerConfig(**settings)

@@ -18,7 +18,16 @@ PARTITIONS = 4
 class Member:
     """A group member process writing its events to a JSON-lines file."""
 
-    def __init__(self, kafka: KafkaTestEnv, group: str, topic: str, workdir: Path, name: str):
+    def __init__(
+        self,
+        kafka: KafkaTestEnv,
+        group: str,
+        topic: str,
+        workdir: Path,
+        name: str,
+        *,
+        protocol: str,
+    ):
         self.out = workdir / f"{name}.jsonl"
         self.stop_file = workdir / f"{name}.stop"
         self.out.touch()
@@ -32,6 +41,7 @@ class Member:
                 topic,
                 str(self.out),
                 str(self.stop_file),
+                protocol,
             ],
             cwd=REPO,
         )
@@ -52,11 +62,13 @@ class Member:
 
 
 def test_two_members_split_partitions_commit_and_resume(
-    kafka: KafkaTestEnv, tmp_path: Path
+    kafka: KafkaTestEnv, tmp_path: Path, group_protocol: str
 ) -> None:
     topic = kafka.create_topic("group", partitions=PARTITIONS)
     group = unique_name("group")
-    first, second = (Member(kafka, group, topic, tmp_path, n) for n in ("a", "b"))
+    first, second = (
+        Member(kafka, group, topic, tmp_path, n, protocol=group_protocol) for n in ("a", "b")
+    )
     try:
         wait_for(
             lambda: (
@@ -82,9 +94,10 @@ def test_two_members_split_partitions_commit_and_resume(
         second.stop()
 
     assert kafka.committed(group, topic) == dict.fromkeys(range(PARTITIONS), 5)
+    assert kafka.group_protocol(group) == group_protocol
 
     kafka.produce_to_partitions(topic, PARTITIONS, per_partition=3)
-    restarted = Member(kafka, group, topic, tmp_path, "c")
+    restarted = Member(kafka, group, topic, tmp_path, "c", protocol=group_protocol)
     try:
         wait_for(lambda: len(restarted.consumed()) == 3 * PARTITIONS, timeout=60)
     finally:

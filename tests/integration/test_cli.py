@@ -103,6 +103,50 @@ def test_fail_on_dlq_exits_3(kafka: KafkaTestEnv, tmp_path: Path) -> None:
     assert summary_of(result.stdout)["dead-lettered"] == "1"
 
 
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--group-protocol", "consumer"], {}),
+        ([], {"PROCPOOL_KAFKA_GROUP_PROTOCOL": "consumer"}),
+        (["-X", "group.protocol=consumer"], {}),
+    ],
+)
+def test_consumer_group_protocol_runs_a_batch(
+    kafka: KafkaTestEnv, tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    topic = kafka.create_topic("cli-kip848", partitions=2)
+    kafka.produce(topic, [b"ok:"] * 20)
+    group = unique_name("g")
+    result = run_cli(
+        [*base_args(kafka, topic, group), "--until-end", *args],
+        cli_env(tmp_path / "store.jsonl", **env),
+    )
+    assert result.returncode == 0, result.stderr
+    assert summary_of(result.stdout)["ok"] == "20"
+    assert kafka.fully_committed(group, topic)
+    assert kafka.group_protocol(group) == "consumer"
+
+
+def test_default_worker_count_follows_the_cpu_affinity(kafka: KafkaTestEnv, tmp_path: Path) -> None:
+    """Under taskset (like a pod's cpuset) the default is the CPUs allowed, not the host's."""
+    topic = kafka.create_topic("cli-cpus", partitions=1)
+    kafka.produce(topic, [b"ok:"] * 3)
+    args = ["run", HANDLER, "-b", kafka.bootstrap, "-G", unique_name("g"), "-t", topic]
+    env = {k: v for k, v in cli_env(tmp_path / "s.jsonl").items() if k != "LOKY_MAX_CPU_COUNT"}
+    result = subprocess.run(
+        ["taskset", "-c", "0", *CLI, *args, "--until-end"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"consuming {topic} as group" in result.stderr
+    assert "with 1 workers" in result.stderr, result.stderr
+
+
 def test_precedence_flag_over_env_over_file(kafka: KafkaTestEnv, tmp_path: Path) -> None:
     topic = kafka.create_topic("cli-prec", partitions=1)
     kafka.produce(topic, [b"ok:"] * 5)
@@ -154,6 +198,15 @@ def test_handler_errors_exit_2_with_one_line(
         (["-X", "enable.auto.commit=true"], "cannot be changed"),
         (["--log-format", "xml"], "--log-format must be text or json"),
         (["--config", "/nonexistent.toml"], "does not exist"),
+        (["--group-protocol", "kip848"], "group_protocol must be 'classic' or 'consumer'"),
+        (
+            ["--group-protocol", "consumer", "-X", "session.timeout.ms=6000"],
+            "kafka_config['session.timeout.ms'] is not supported with group_protocol='consumer'",
+        ),
+        (
+            ["-X", "group.protocol=consumer", "-X", "partition.assignment.strategy=range"],
+            "'partition.assignment.strategy'] is not supported with group_protocol='consumer'",
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(

@@ -16,16 +16,18 @@ import pytest
 from procpool_kafka import ConsumerConfig, ProcPoolConsumer
 from tests.integration.handlers import async_plain, coordinates, plain, read_store, scripted
 from tests.integration.runner import (
-    FAST_GROUP,
     ThreadedConsumer,
     consumer_config,
+    group_settings,
     spawn_consumer_process,
 )
 from tests.kafka_helpers import KafkaTestEnv, unique_name, wait_for
 
 
-def make_config(kafka: KafkaTestEnv, topics: list[str], **overrides: Any) -> ConsumerConfig:
-    return consumer_config(kafka.bootstrap, topics, **overrides)
+def make_config(
+    kafka: KafkaTestEnv, topics: list[str], group_protocol: str = "classic", **overrides: Any
+) -> ConsumerConfig:
+    return consumer_config(kafka.bootstrap, topics, group_protocol, **overrides)
 
 
 def all_offsets(kafka: KafkaTestEnv, topic: str) -> set[tuple[str, int, int]]:
@@ -103,10 +105,11 @@ def test_out_of_order_completion_commits_contiguous_prefix_and_restart_resumes_t
 
 
 def test_two_consumer_processes_rebalance_with_work_in_flight_lose_nothing(
-    kafka: KafkaTestEnv, tmp_path: Path
+    kafka: KafkaTestEnv, tmp_path: Path, group_protocol: str
 ) -> None:
     topic = kafka.create_topic("rebalance", partitions=4)
-    kafka.produce(topic, (b"slow:0.02:" for _ in range(400)))
+    for partition in range(4):  # whichever partitions move, the second member gets work
+        kafka.produce(topic, (b"slow:0.02:" for _ in range(100)), partition=partition)
     expected = all_offsets(kafka, topic)
     store = tmp_path / "store.jsonl"
     group = unique_name("g")
@@ -116,7 +119,7 @@ def test_two_consumer_processes_rebalance_with_work_in_flight_lose_nothing(
         "topics": [topic],
         "workers": 1,
         "commit_interval": 0.2,
-        "kafka_config": FAST_GROUP,
+        **group_settings(group_protocol),
     }
     first = spawn_consumer_process(config, store, tmp_path / "first.log")
     second = None
@@ -138,6 +141,7 @@ def test_two_consumer_processes_rebalance_with_work_in_flight_lose_nothing(
             if process is not None:
                 assert process.wait(timeout=60) == 0
     assert len(pids) >= 2, "both members' workers handled records"
+    assert kafka.group_protocol(group) == group_protocol
     assert "revoked" in (tmp_path / "first.log").read_text()
 
 
@@ -180,13 +184,13 @@ def test_repeated_rebalances_with_zero_revoke_timeout_lose_nothing(
 
 
 def test_stuck_handler_on_revoked_partition_is_killed_and_other_member_processes_it(
-    kafka: KafkaTestEnv, tmp_path: Path
+    kafka: KafkaTestEnv, tmp_path: Path, group_protocol: str
 ) -> None:
     topic = kafka.create_topic("stuck", partitions=2)
     for partition in (0, 1):
         kafka.produce(topic, [b"hang:"], partition=partition)
     first_store, second_store = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
-    config = make_config(kafka, [topic], revoke_timeout=2.0)
+    config = make_config(kafka, [topic], group_protocol, revoke_timeout=2.0)
     with ThreadedConsumer(config, functools.partial(scripted, first_store)) as first:
         wait_for(lambda: len(read_store(first_store, "start")) == 2, timeout=60)
         pids_before = set(first.consumer.worker_pids())
@@ -203,6 +207,7 @@ def test_stuck_handler_on_revoked_partition_is_killed_and_other_member_processes
             kept = [e for e in read_store(first_store, "start") if e["partition"] != moved]
             assert kept[0]["pid"] in pids_after, "the kept partition's task keeps running"
             assert first.consumer.counters.worker_kills["revoke-timeout"] == 1
+            assert kafka.group_protocol(config.group_id) == group_protocol
     assert elapsed < config.revoke_timeout + 15
 
 
@@ -280,12 +285,14 @@ def test_stop_drains_running_work_and_commits(kafka: KafkaTestEnv, tmp_path: Pat
     assert kafka.committed(config.group_id, topic) == {0: 1, 1: 1}
 
 
-def test_backpressure_keeps_a_slow_member_in_the_group(kafka: KafkaTestEnv, tmp_path: Path) -> None:
+def test_backpressure_keeps_a_slow_member_in_the_group(
+    kafka: KafkaTestEnv, tmp_path: Path, group_protocol: str
+) -> None:
     topic = kafka.create_topic("backpressure", partitions=2)
     kafka.produce(topic, (b"slow:0.4:" for _ in range(30)))
     store = str(tmp_path / "store.jsonl")
-    kafka_config = {"session.timeout.ms": 6000, "max.poll.interval.ms": 6000}
-    config = make_config(kafka, [topic], max_in_flight=4, kafka_config=kafka_config)
+    kafka_config = {**group_settings(group_protocol)["kafka_config"], "max.poll.interval.ms": 6000}
+    config = make_config(kafka, [topic], group_protocol, max_in_flight=4, kafka_config=kafka_config)
     # 30 records x 0.4 s / 2 workers = 6 s of work > max.poll.interval.ms would be fatal if
     # the loop stopped polling while the pool is full.
     with ThreadedConsumer(config, functools.partial(scripted, store)) as running:
@@ -298,11 +305,11 @@ def test_backpressure_keeps_a_slow_member_in_the_group(kafka: KafkaTestEnv, tmp_
 
 
 def test_workers_keep_their_pids_across_a_clean_rebalance(
-    kafka: KafkaTestEnv, tmp_path: Path
+    kafka: KafkaTestEnv, tmp_path: Path, group_protocol: str
 ) -> None:
     topic = kafka.create_topic("pids", partitions=2)
     store = str(tmp_path / "store.jsonl")
-    config = make_config(kafka, [topic])
+    config = make_config(kafka, [topic], group_protocol)
     with ThreadedConsumer(config, functools.partial(scripted, store)) as first:
         wait_for(lambda: len(first.consumer.assignment()) == 2, timeout=60)
         pids = first.consumer.worker_pids()

@@ -248,7 +248,7 @@ def test_retry_produce_failure_keeps_the_offset_uncommitted(
 
 
 def test_rebalance_while_records_are_held_loses_nothing(
-    kafka: KafkaTestEnv, tmp_path: Path
+    kafka: KafkaTestEnv, tmp_path: Path, group_protocol: str
 ) -> None:
     topic = kafka.create_topic("heldmove", partitions=2)
     retry_topic, dlq = f"{topic}-retry", f"{topic}-dlq"
@@ -258,7 +258,7 @@ def test_rebalance_while_records_are_held_loses_nothing(
     values = [b"failuntil:2:" if i % 3 == 0 else b"ok:" for i in range(30)]
     kafka.produce(topic, values)
     store = str(tmp_path / "store.jsonl")
-    config = make_config(kafka, topic, policy, revoke_timeout=5.0)
+    config = make_config(kafka, topic, policy, revoke_timeout=5.0, group_protocol=group_protocol)
     with ThreadedConsumer(config, functools.partial(scripted, store)) as first:
         wait_for(
             lambda: kafka.fully_committed(config.group_id, topic),

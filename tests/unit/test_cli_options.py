@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from procpool_kafka.cli import build_config
 from procpool_kafka.cli_options import load_file, parse_topic_map, resolve
 from procpool_kafka.errors import ConfigError
 from procpool_kafka.progress import format_progress
@@ -78,6 +79,20 @@ def test_config_file_keys_and_errors(tmp_path: Path) -> None:
     path.write_text("group-id = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_file(str(path))
+
+
+def test_group_protocol_from_flag_env_and_file(tmp_path: Path) -> None:
+    assert resolve({}, {}, {})["group_protocol"] == "classic"
+    path = tmp_path / "c.toml"
+    path.write_text('group-protocol = "consumer"\n')
+    from_file = load_file(str(path))
+    assert resolve({}, {}, from_file)["group_protocol"] == "consumer"
+    environ = {"PROCPOOL_KAFKA_GROUP_PROTOCOL": "classic"}
+    assert resolve({}, environ, from_file)["group_protocol"] == "classic", "env beats the file"
+    flags = {"group_protocol": "consumer"}
+    values = resolve(flags, environ, from_file)
+    values.update(bootstrap_servers="127.0.0.1:9092", group_id="g", topic=["t"])
+    assert build_config(values).group_protocol == "consumer"
 
 
 def test_topic_map_errors() -> None:

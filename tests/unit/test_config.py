@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from typing import Any
 
 import pytest
 
 from procpool_kafka import ConfigError, ConsumerConfig, HandlerLoadError, ProcPoolConsumer, Record
+from procpool_kafka.config import CLASSIC_ONLY_KAFKA_SETTINGS
 
 BASE: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:9092", "group_id": "g", "topics": ["t"]}
 
@@ -93,3 +97,75 @@ def test_handler_must_be_picklable() -> None:
 def test_lambda_handler_is_accepted() -> None:
     ProcPoolConsumer(config(), lambda record: None)
     ProcPoolConsumer(config(), handle)
+
+
+def test_consumer_group_protocol_drops_the_classic_only_defaults() -> None:
+    settings = config(group_protocol="consumer").librdkafka_settings()
+    assert settings["group.protocol"] == "consumer"
+    for key in CLASSIC_ONLY_KAFKA_SETTINGS:
+        assert key not in settings
+    assert settings["queued.max.messages.kbytes"] == 4096, "the other defaults stay"
+    classic = config().librdkafka_settings()
+    assert classic["group.protocol"] == "classic"
+    assert classic["partition.assignment.strategy"] == "cooperative-sticky"
+
+
+def test_group_protocol_in_kafka_config_is_adopted() -> None:
+    adopted = config(kafka_config={"group.protocol": "Consumer"})
+    assert adopted.group_protocol == "consumer"
+    assert "heartbeat.interval.ms" not in adopted.librdkafka_settings()
+    same = config(group_protocol="consumer", kafka_config={"group.protocol": "consumer"})
+    assert same.librdkafka_settings()["group.protocol"] == "consumer"
+
+
+@pytest.mark.parametrize("key", sorted(CLASSIC_ONLY_KAFKA_SETTINGS))
+def test_classic_only_setting_under_the_consumer_protocol_names_it(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"kafka_config\['{key}'\] is not supported") as error:
+        config(group_protocol="consumer", kafka_config={key: "1"})
+    if key != "group.protocol.type":
+        assert "broker-side under the consumer protocol" in str(error.value)
+    with pytest.raises(ConfigError, match=key):
+        config(kafka_config={"group.protocol": "consumer", key: "1"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"group_protocol": "new"}, "group_protocol must be 'classic' or 'consumer', got 'new'"),
+        ({"group_protocol": None}, "group_protocol must be 'classic' or 'consumer', got None"),
+        (
+            {"kafka_config": {"group.protocol": "eager"}},
+            r"kafka_config\['group.protocol'\] must be 'classic' or 'consumer', got 'eager'",
+        ),
+        (
+            {"group_protocol": "consumer", "kafka_config": {"group.protocol": "classic"}},
+            "conflicts with group_protocol='consumer'",
+        ),
+    ],
+)
+def test_bad_group_protocol_is_named(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config(**overrides)
+
+
+def test_default_workers_honour_loky_max_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")
+    assert config().worker_count == 1
+
+
+def test_default_workers_follow_the_cpu_affinity() -> None:
+    """Under taskset (or a pod's cpuset) the default is the CPUs allowed, not the host's."""
+    snippet = (
+        "from procpool_kafka import ConsumerConfig; "
+        "print(ConsumerConfig('127.0.0.1:9092', 'g', ['t']).worker_count)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LOKY_MAX_CPU_COUNT"}
+    result = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", snippet],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "1"
