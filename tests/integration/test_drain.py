@@ -19,18 +19,20 @@ from tests.integration.runner import ThreadedConsumer, consumer_config
 from tests.kafka_helpers import KafkaTestEnv, wait_for
 
 
-def make_config(kafka: KafkaTestEnv, topics: list[str], **overrides: Any) -> ConsumerConfig:
-    return consumer_config(kafka.bootstrap, topics, **overrides)
+def make_config(
+    kafka: KafkaTestEnv, topics: list[str], group_protocol: str = "classic", **overrides: Any
+) -> ConsumerConfig:
+    return consumer_config(kafka.bootstrap, topics, group_protocol, **overrides)
 
 
 def test_revoke_drain_keeps_supervising_the_kept_partitions(
-    kafka: KafkaTestEnv, tmp_path: Path
+    kafka: KafkaTestEnv, tmp_path: Path, group_protocol: str
 ) -> None:
     topic = kafka.create_topic("drain-supervise", partitions=2)
     for partition in (0, 1):
         kafka.produce(topic, [b"hang:"], partition=partition)
     store, other = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
-    config = make_config(kafka, [topic], task_timeout=8.0, revoke_timeout=60.0)
+    config = make_config(kafka, [topic], group_protocol, task_timeout=8.0, revoke_timeout=60.0)
     with ThreadedConsumer(config, functools.partial(scripted, store)) as first:
         wait_for(lambda: len(read_store(store, "start")) == 2, timeout=60)
         rebalances = first.consumer.counters.rebalances
@@ -70,13 +72,13 @@ def test_snapshots_stay_fresh_during_a_long_stop_drain(kafka: KafkaTestEnv, tmp_
 
 
 def test_records_finished_before_a_revoke_are_not_handled_again(
-    kafka: KafkaTestEnv, tmp_path: Path
+    kafka: KafkaTestEnv, tmp_path: Path, group_protocol: str
 ) -> None:
     """20 rebalances while 10 ms handlers run in batches (tasks of several records, some
     cancelled half-way); every handler finishes well within revoke_timeout."""
     topic = kafka.create_topic("drain-dup", partitions=4)
     stores = [tmp_path / f"member-{i}.jsonl" for i in range(11)]
-    config = make_config(kafka, [topic], revoke_timeout=30.0)
+    config = make_config(kafka, [topic], group_protocol, revoke_timeout=30.0)
     produced = 0
     with ThreadedConsumer(config, functools.partial(scripted, str(stores[0]))):
         for round_ in range(1, 11):
@@ -95,13 +97,13 @@ def test_records_finished_before_a_revoke_are_not_handled_again(
 
 
 def test_a_worker_dying_mid_drain_hands_its_record_to_the_next_owner(
-    kafka: KafkaTestEnv, tmp_path: Path
+    kafka: KafkaTestEnv, tmp_path: Path, group_protocol: str
 ) -> None:
     topic = kafka.create_topic("drain-crash", partitions=2)
     for partition in (0, 1):
         kafka.produce(topic, [b"crashafter:4:"], partition=partition)
     store, other = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
-    config = make_config(kafka, [topic], revoke_timeout=30.0, crash_limit=2)
+    config = make_config(kafka, [topic], group_protocol, revoke_timeout=30.0, crash_limit=2)
     with ThreadedConsumer(config, functools.partial(scripted, store)):
         wait_for(lambda: len(read_store(store, "start")) == 2, timeout=60)
         with ThreadedConsumer(config, functools.partial(plain, other)) as second:

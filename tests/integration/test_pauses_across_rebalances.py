@@ -22,13 +22,20 @@ from tests.integration.runner import (
     FAST_GROUP,
     ThreadedConsumer,
     consumer_config,
+    group_settings,
     spawn_consumer_process,
 )
 from tests.kafka_helpers import KafkaTestEnv, unique_name, wait_for
 
+#: both protocols' session timeout in tests (FAST_GROUP; scripts/kafka-local's broker setting)
+SESSION_TIMEOUT_S = FAST_GROUP["session.timeout.ms"] / 1000
 
-def member_config(kafka: KafkaTestEnv, topic: str, group: str) -> dict[str, Any]:
+
+def member_config(
+    kafka: KafkaTestEnv, topic: str, group: str, group_protocol: str
+) -> dict[str, Any]:
     return {
+        **group_settings(group_protocol),
         "bootstrap_servers": kafka.bootstrap,
         "group_id": group,
         "topics": [topic],
@@ -36,7 +43,6 @@ def member_config(kafka: KafkaTestEnv, topic: str, group: str) -> dict[str, Any]
         "commit_interval": 0.2,
         "max_in_flight": 4,
         "revoke_timeout": 10.0,
-        "kafka_config": dict(FAST_GROUP),
         "retry": [{"topic": topic, "retry_topics": [f"{topic}-retry"]}],
         "create_topics": True,
         "_log_level": "DEBUG",
@@ -58,14 +64,16 @@ def fill(kafka: KafkaTestEnv, topic: str, reason: str) -> int:
 
 @pytest.mark.parametrize("reason", ["backpressure", "not-due"])
 def test_paused_partitions_are_fetched_again_after_revoke_loss_and_reassign(
-    kafka: KafkaTestEnv, tmp_path: Path, reason: str
+    kafka: KafkaTestEnv, tmp_path: Path, reason: str, group_protocol: str
 ) -> None:
     topic = kafka.create_topic(f"pause-{reason}", partitions=2)
     kafka.track(f"{topic}-retry")
     expected = fill(kafka, topic, reason)
     store, log_file = tmp_path / "a.jsonl", tmp_path / "a.log"
     group = unique_name("g")
-    member = spawn_consumer_process(member_config(kafka, topic, group), store, log_file)
+    member = spawn_consumer_process(
+        member_config(kafka, topic, group, group_protocol), store, log_file
+    )
     try:
         wait_for(
             lambda: f"({reason})" in log_file.read_text(),
@@ -73,7 +81,7 @@ def test_paused_partitions_are_fetched_again_after_revoke_loss_and_reassign(
             message=f"a partition paused for {reason}",
         )
         # revoke and reassign: a second member joins and leaves again
-        joiner = consumer_config(kafka.bootstrap, [topic], group_id=group)
+        joiner = consumer_config(kafka.bootstrap, [topic], group_protocol, group_id=group)
         other = tmp_path / "b.jsonl"
         with ThreadedConsumer(joiner, functools.partial(plain, str(other))) as second:
             wait_for(second.consumer.assignment, timeout=60, message="the joiner's share")
@@ -82,7 +90,7 @@ def test_paused_partitions_are_fetched_again_after_revoke_loss_and_reassign(
         assignments = log_file.read_text().count("assigned:")
         os.kill(member.pid, signal.SIGSTOP)
         try:
-            time.sleep(FAST_GROUP["session.timeout.ms"] / 1000 + 3)  # the fault itself
+            time.sleep(SESSION_TIMEOUT_S + 3)  # the fault itself
         finally:
             os.kill(member.pid, signal.SIGCONT)
         wait_for(lambda: "lost:" in log_file.read_text(), timeout=60, message="lost")
