@@ -14,6 +14,7 @@ from typing import Any
 
 from procpool_kafka.errors import ConfigError
 from procpool_kafka.retry import RetryPolicy, policy_for, validate_policies
+from procpool_kafka.topic_names import require_topic_name
 
 KafkaValue = str | int | float | bool
 
@@ -129,18 +130,20 @@ class ConsumerConfig:
 
     def _validate(self) -> None:
         if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers.strip():
-            raise ConfigError(
-                "bootstrap_servers must be a non-empty 'host:port[,host:port]' string"
+            raise _invalid(
+                "bootstrap_servers",
+                "must be a non-empty 'host:port[,host:port]' string, "
+                f"got {self.bootstrap_servers!r}",
             )
         if not isinstance(self.group_id, str) or not self.group_id.strip():
-            raise ConfigError("group_id must be a non-empty string")
+            raise _invalid("group_id", f"must be a non-empty string, got {self.group_id!r}")
         if not self.topics:
-            raise ConfigError("topics must name at least one topic")
+            raise _invalid("topics", "must name at least one topic")
         for topic in self.topics:
-            if not isinstance(topic, str) or not topic.strip():
-                raise ConfigError(f"topics: {topic!r} is not a topic name")
+            require_topic_name("topics", topic)
         if len(set(self.topics)) != len(self.topics):
-            raise ConfigError(f"topics: duplicate names in {list(self.topics)}")
+            problem = f"duplicate names in {list(self.topics)}"
+            raise ConfigError(f"topics: {problem}", setting="topics", problem=problem)
         _require_int("workers", self.workers, minimum=1)
         _require_int("max_in_flight", self.max_in_flight, minimum=1)
         _require_int("crash_limit", self.crash_limit, minimum=1)
@@ -207,17 +210,25 @@ class ConsumerConfig:
                 raise ConfigError(f"kafka_config[{key!r}]: value must be str, int, float or bool")
         for key, required in REQUIRED_KAFKA_SETTINGS.items():
             if key in self.kafka_config and _as_bool_setting(self.kafka_config[key]) != required:
+                problem = (
+                    f"{key}={self.kafka_config[key]} cannot be changed: procpool-kafka commits "
+                    "explicit offsets only after records are handled"
+                )
                 raise ConfigError(
-                    f"kafka_config[{key!r}] cannot be changed: procpool-kafka commits explicit "
-                    "offsets only after records are handled"
+                    f"kafka_config[{key!r}] {problem.split(' ', 1)[1]}",
+                    setting="kafka_config",
+                    problem=problem,
                 )
         for key, ours in (
             ("bootstrap.servers", self.bootstrap_servers),
             ("group.id", self.group_id),
         ):
             if key in self.kafka_config and str(self.kafka_config[key]) != ours:
+                setting = key.replace(".", "_")
                 raise ConfigError(
-                    f"kafka_config[{key!r}] conflicts with the {key.replace('.', '_')} setting"
+                    f"kafka_config[{key!r}] conflicts with the {setting} setting",
+                    setting="kafka_config",
+                    problem=f"{key}={self.kafka_config[key]} conflicts with the {setting} setting",
                 )
 
     def librdkafka_settings(self) -> dict[str, KafkaValue]:
@@ -267,16 +278,20 @@ class ConsumerConfig:
         return f"ConsumerConfig({fields})"
 
 
+def _invalid(name: str, problem: str) -> ConfigError:
+    return ConfigError(f"{name} {problem}", setting=name, problem=problem)
+
+
 def _require_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        raise _invalid(name, f"must be a whole number, got {value!r}")
     if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        raise _invalid(name, f"must be >= {minimum}, got {value}")
 
 
 def _require_seconds(name: str, value: object, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+        raise _invalid(name, f"must be a number of seconds, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be {bound}, got {value}")
+        raise _invalid(name, f"must be {bound}, got {value}")
