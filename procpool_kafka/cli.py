@@ -292,7 +292,10 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         if values["metrics_port"] is not None:  # a bad address fails before any broker call
             server = start_metrics_server(consumer, values, where_from)
-        consumer.open()
+        try:
+            consumer.open()
+        except ConfigError as error:  # a librdkafka setting refused: name -X when it is one
+            raise UsageError(describe_config_error(error, where_from)) from None
         if values["until_end"]:
             reporter = ProgressReporter(consumer.progress, values["progress_interval"])
             reporter.start()

@@ -286,10 +286,21 @@ def sources(
     flags: Mapping[str, Any], environ: Mapping[str, str], file_values: Mapping[str, Any]
 ) -> dict[str, str]:
     """Where each option's value came from: ``flag``, the variable's name, ``config file``
-    or ``default`` (for kafka-config, the strongest source that set any key)."""
+    or ``default`` (for kafka-config, every source that set a key)."""
     found: dict[str, str] = {}
     for option in OPTIONS:
-        if option.dest in flags:
+        if option.kind is Kind.MAPPING:
+            given = [
+                name
+                for name, present in (
+                    ("flag", option.dest in flags),
+                    (option.env, option.env in environ),
+                    ("config file", option.dest in file_values),
+                )
+                if present
+            ]
+            found[option.dest] = " or ".join(given) or "default"
+        elif option.dest in flags:
             found[option.dest] = "flag"
         elif option.env in environ:
             found[option.dest] = option.env

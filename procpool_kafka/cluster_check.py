@@ -28,14 +28,17 @@ log = logging.getLogger(__name__)
 def check_cluster(config: ConsumerConfig) -> None:
     """Fail early and clearly: invalid producer settings, broker unreachable, or topics
     missing; create missing retry and dead-letter topics when ``config.create_topics``."""
-    check_producer_settings(config)
     settings = with_librdkafka_logger(config.client_settings(), "admin")
     errors: list[KafkaError] = []
     settings["error_cb"] = errors.append
     try:
         admin = AdminClient(settings)
     except KafkaException as error:
-        raise ConfigError(f"invalid Kafka client settings: {error}") from error
+        problem = _reason(error)
+        raise ConfigError(
+            f"invalid Kafka client settings: {problem}", setting="kafka_config", problem=problem
+        ) from error
+    check_producer_settings(config)
     deadline = time.monotonic() + config.connect_timeout
     existing = _topic_partitions(admin, config, errors, deadline)
     missing_base = [topic for topic in config.topics if topic not in existing]
@@ -53,8 +56,14 @@ def check_producer_settings(config: ConsumerConfig) -> None:
     try:
         producer = Producer(with_librdkafka_logger(config.producer_settings(), "producer"))
     except KafkaException as error:
-        raise ConfigError(f"invalid Kafka producer settings: {error}") from error
+        raise ConfigError(f"invalid Kafka producer settings: {_reason(error)}") from error
     producer.close()
+
+
+def _reason(error: KafkaException) -> str:
+    """librdkafka's own words (``No such configuration property: "x"``)."""
+    kafka = kafka_error(error)
+    return kafka.str() if kafka is not None else str(error)
 
 
 def _missing_topics_message(

@@ -208,7 +208,8 @@ class Backoff:
                 f"backoff.max_delay ({self.max_delay!r}) must be >= "
                 f"backoff.initial_delay ({self.initial_delay!r})",
                 setting="backoff.max_delay",
-                problem=f"{self.max_delay!r} is below the initial delay {self.initial_delay!r}",
+                problem=f"must be >= the initial delay ({self.initial_delay!r}), "
+                f"got {self.max_delay!r}",
             )
         if not 0 <= self.jitter < 1:
             raise _invalid("backoff.jitter", f"must be in [0, 1), got {self.jitter!r}")
@@ -368,19 +369,29 @@ class RetryPolicy:
         seen: set[str] = set()
         for tier in retry_topics:
             if tier in seen:
-                raise ConfigError(f"{owner}: retry_topics lists {tier!r} twice")
+                raise _invalid("retry_topics", f"lists {tier!r} twice", owner)
             seen.add(tier)
             if tier == self.topic:
                 raise ConfigError(
                     f"{owner}: retry_topics entry {tier!r} is a base topic of the same policy "
-                    "(its records would be consumed as first deliveries)"
+                    "(its records would be consumed as first deliveries)",
+                    setting="retry_topics",
+                    problem=f"{tier!r} is the topic itself (its records would be consumed as "
+                    "first deliveries)",
                 )
             if tier == self.dlq_topic:
-                raise ConfigError(f"{owner}: retry_topics entry {tier!r} is also the dlq_topic")
+                raise ConfigError(
+                    f"{owner}: retry_topics entry {tier!r} is also the dlq_topic",
+                    setting="retry_topics",
+                    problem=f"{tier!r} is also the dead-letter topic",
+                )
         if self.dlq_topic is not None and self.dlq_topic == self.topic:
             raise ConfigError(
                 f"{owner}: dlq_topic {self.dlq_topic!r} is a base topic of the same policy "
-                "(dead letters would be consumed again)"
+                "(dead letters would be consumed again)",
+                setting="dlq_topic",
+                problem=f"{self.dlq_topic!r} is the topic itself (dead letters would be "
+                "consumed again)",
             )
 
     def matches(self, topic: str) -> bool:
