@@ -67,6 +67,11 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
         "got 'nonsense'",
     ),
     (
+        ["-X", "bogus.prop=1"],
+        {},
+        '--kafka-config (from flag): No such configuration property: "bogus.prop"',
+    ),
+    (
         ["--metrics-port", "99999"],
         {},
         "--metrics-port (from flag): must be a port in 0..65535, got 99999",
