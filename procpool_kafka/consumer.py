@@ -1,6 +1,6 @@
 """ProcPoolConsumer: the poll loop and the rebalance callbacks; it wires the other modules.
 
-Data flow (one thread of the consumer process owns all of it; see DESIGN.md)::
+Data flow (one thread of the consumer process owns all of it; see docs/architecture.md)::
 
     consume() --Message--> _accept --Record--> Dispatcher --batches--> WorkerPool --> workers
        |                     |  tracker.received()                        |

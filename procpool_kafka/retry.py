@@ -17,7 +17,7 @@ It is pure (no Kafka import, no clock, no logging) so that it can be unit- and
 property-tested; the consumer loop supplies the clock and does the producing,
 pausing and committing.
 
-Invariant 6 of DESIGN.md: the consumer calls :func:`read_retry_headers` only
+Invariant 6 of docs/architecture.md: the consumer calls :func:`read_retry_headers` only
 for records read from a configured retry topic (headers on any other topic are
 never honoured), and the not-before time it returns is clamped to
 ``now + max_delay``, so a forged or skewed header cannot park a partition for

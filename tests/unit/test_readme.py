@@ -4,6 +4,7 @@ as not runnable with a reason (see tests/readme_blocks.py for the markers)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,38 @@ def test_toml_example_is_a_valid_configuration(tmp_path: Path) -> None:
     assert policy is not None and policy.max_attempts == 4 and policy.backoff.initial_delay == 60
     assert config.kafka_config["sasl.mechanism"] == "SCRAM-SHA-512"
     assert values["log_format"] == "json" and values["metrics_port"] == 9464
+
+
+_SKIPPED_DIRS = {".git", ".venv", ".kafka-local", "__pycache__", ".mypy_cache", ".ruff_cache"}
+
+
+def _project_files() -> list[Path]:
+    return [
+        path
+        for path in REPO.rglob("*")
+        if path.is_file()
+        and not _SKIPPED_DIRS.intersection(path.relative_to(REPO).parts)
+        and path.suffix in (".py", ".md", ".toml", ".txt", "")
+    ]
+
+
+def test_no_file_points_outside_the_project() -> None:
+    """Design notes live in docs/architecture.md: no path into a sibling notes directory."""
+    outside = ("../" + "shared", "DESIGN" + ".md")
+    offenders = [
+        f"{path.relative_to(REPO)}: {needle}"
+        for path in _project_files()
+        for needle in outside
+        if needle in path.read_text(encoding="utf-8", errors="replace")
+    ]
+    assert offenders == []
+
+
+def test_architecture_doc_names_existing_modules_and_tests() -> None:
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for test_id in re.findall(r"tests/[\w/]+\.py::\w+", text):
+        path, name = test_id.split("::")
+        assert f"def {name}(" in (REPO / path).read_text(encoding="utf-8"), test_id
+    listed = set(re.findall(r"^  (\w+\.py) ", text, flags=re.MULTILINE))
+    modules = {path.name for path in (REPO / "procpool_kafka").glob("*.py")} - {"_version.py"}
+    assert listed == modules, "the module layout lists every module, and only those"
