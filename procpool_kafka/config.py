@@ -168,13 +168,12 @@ class ConsumerConfig:
             if not isinstance(policy, RetryPolicy):
                 raise ConfigError(f"retry: {policy!r} is not a RetryPolicy")
             if not any(policy.matches(topic) for topic in self.topics):
-                raise ConfigError(f"retry policy for {policy.name} matches none of the topics")
+                raise ConfigError(f"{policy.name} matches none of the topics")
         validate_policies(list(self.retry))
         for topic in self.topics:
             if any(topic in p.retry_topics or topic == p.dlq_topic for p in self.retry):
-                raise ConfigError(
-                    f"topics: {topic!r} is a retry or dead-letter topic; list base topics only"
-                )
+                problem = f"{topic!r} is a retry or dead-letter topic; list base topics only"
+                raise ConfigError(f"topics: {problem}", setting="topics", problem=problem)
 
     def policy_of(self, base_topic: str) -> RetryPolicy | None:
         """The retry policy of a base topic, or None."""
@@ -294,4 +293,4 @@ def _require_seconds(name: str, value: object, allow_zero: bool = False) -> None
         raise _invalid(name, f"must be a number of seconds, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise _invalid(name, f"must be {bound}, got {value}")
+        raise _invalid(name, f"must be {bound}, got {value:g}")

@@ -200,19 +200,19 @@ class Backoff:
             if not _is_number(value) or not math.isfinite(value):
                 raise _invalid(f"backoff.{name}", f"must be a finite number, got {value!r}")
         if self.initial_delay < 0:
-            raise _invalid("backoff.initial_delay", f"must be >= 0, got {self.initial_delay!r}")
+            raise _invalid("backoff.initial_delay", f"must be >= 0, got {self.initial_delay:g}")
         if self.multiplier < 1:
-            raise _invalid("backoff.multiplier", f"must be >= 1, got {self.multiplier!r}")
+            raise _invalid("backoff.multiplier", f"must be >= 1, got {self.multiplier:g}")
         if self.max_delay < self.initial_delay:
             raise ConfigError(
                 f"backoff.max_delay ({self.max_delay!r}) must be >= "
                 f"backoff.initial_delay ({self.initial_delay!r})",
                 setting="backoff.max_delay",
-                problem=f"must be >= the initial delay ({self.initial_delay!r}), "
-                f"got {self.max_delay!r}",
+                problem=f"must be >= the initial delay ({self.initial_delay:g}), "
+                f"got {self.max_delay:g}",
             )
         if not 0 <= self.jitter < 1:
-            raise _invalid("backoff.jitter", f"must be in [0, 1), got {self.jitter!r}")
+            raise _invalid("backoff.jitter", f"must be in [0, 1), got {self.jitter:g}")
 
     def base_delay(self, failures: int) -> float:
         """The delay after the ``failures``-th failure before jitter, clamped to ``max_delay``."""
@@ -457,25 +457,28 @@ def validate_policies(policies: Sequence[RetryPolicy]) -> None:
         for tier in policy.retry_topics:
             other = owners.get(tier)
             if other is not None and other is not policy:
+                problem = f"{tier!r} is used by both the {other.name} and the {policy.name}"
                 raise ConfigError(
-                    f"retry_topics entry {tier!r} is used by both the {other.name} "
-                    f"and the {policy.name}"
+                    f"retry_topics entry {problem}", setting="retry_topics", problem=problem
                 )
             owners[tier] = policy
     for policy in policies:
-        special = [("retry_topics entry", t) for t in policy.retry_topics]
+        special = [("retry_topics", "retry_topics entry", t) for t in policy.retry_topics]
         if policy.dlq_topic is not None:
-            special.append(("dlq_topic", policy.dlq_topic))
-        for what, name in special:
+            special.append(("dlq_topic", "dlq_topic", policy.dlq_topic))
+        for setting, what, name in special:
             for other in policies:
                 if other.matches(name):
+                    problem = f"{name!r} is a base topic of the {other.name}"
                     raise ConfigError(
-                        f"{policy.name}: {what} {name!r} is a base topic of the {other.name}"
+                        f"{policy.name}: {what} {problem}", setting=setting, problem=problem
                     )
         if policy.dlq_topic is not None and policy.dlq_topic in owners:
+            problem = (
+                f"{policy.dlq_topic!r} is a retry topic of the {owners[policy.dlq_topic].name}"
+            )
             raise ConfigError(
-                f"{policy.name}: dlq_topic {policy.dlq_topic!r} is a retry topic of the "
-                f"{owners[policy.dlq_topic].name}"
+                f"{policy.name}: dlq_topic {problem}", setting="dlq_topic", problem=problem
             )
 
 

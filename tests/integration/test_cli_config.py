@@ -32,8 +32,8 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
         "--workers (from PROCPOOL_KAFKA_WORKERS): must be >= 1, got 0",
     ),
     (["--workers", "many"], {}, "--workers (from flag): expected a whole number, got 'many'"),
-    (["--task-timeout", "0"], {}, "--task-timeout (from flag): must be > 0, got 0.0"),
-    (["--jitter", "1"], {}, "--jitter (from flag): must be in [0, 1), got 1.0"),
+    (["--task-timeout", "0"], {}, "--task-timeout (from flag): must be > 0, got 0"),
+    (["--jitter", "1"], {}, "--jitter (from flag): must be in [0, 1), got 1"),
     (["--max-attempts", "0"], {}, "--max-attempts (from flag): must be an int >= 1, got 0"),
     (
         ["--non-retryable", "not a type"],
@@ -54,6 +54,22 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str]] = [
         {},
         "--retry-topic (from flag): 't retry' is not a valid topic name: ' ' not allowed "
         "(Kafka allows 1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')",
+    ),
+    (
+        ["-t", "u", "--retry-topic", "t=r", "--retry-topic", "u=r"],
+        {},
+        "--retry-topic (from flag): 'r' is used by both the retry policy for topic 't' and the "
+        "retry policy for topic 'u'",
+    ),
+    (
+        ["-t", "t-retry", "--retry-topic", "t=t-retry"],
+        {},
+        "--topic (from flag): 't-retry' is a retry or dead-letter topic; list base topics only",
+    ),
+    (
+        ["--initial-delay", "10", "--max-delay", "5"],
+        {},
+        "--max-delay (from flag): must be >= the initial delay (10), got 5",
     ),
     (
         ["--dlq-topic", "t=t-dlq,t-dlq2"],
