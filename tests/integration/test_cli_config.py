@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.handlers import read_store
-from tests.integration.test_cli import HANDLER, cli_env, run_cli, summary_of
+from tests.integration.test_cli import HANDLER, REPO, cli_env, run_cli, summary_of
 from tests.kafka_helpers import KafkaTestEnv, unique_name
 
 
@@ -198,3 +198,9 @@ def test_unreachable_broker_logs_few_lines_named_by_client_role(tmp_path: Path) 
     librdkafka = [line for line in lines if "librdkafka" in line]
     assert librdkafka and all("procpool_kafka.librdkafka.admin: FAIL" in x for x in librdkafka)
     assert "rdkafka#producer" not in result.stderr
+
+
+def test_every_case_is_in_the_readme_table() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for _extra, _env, message in BAD_VALUES:
+        assert f"`{message}`" in readme, message
