@@ -209,14 +209,14 @@ class ConsumerConfig:
                 raise ConfigError(f"kafka_config[{key!r}]: value must be str, int, float or bool")
         for key, required in REQUIRED_KAFKA_SETTINGS.items():
             if key in self.kafka_config and _as_bool_setting(self.kafka_config[key]) != required:
-                problem = (
-                    f"{key}={self.kafka_config[key]} cannot be changed: procpool-kafka commits "
-                    "explicit offsets only after records are handled"
+                reason = (
+                    "cannot be changed: procpool-kafka commits explicit offsets only after "
+                    "records are handled"
                 )
                 raise ConfigError(
-                    f"kafka_config[{key!r}] {problem.split(' ', 1)[1]}",
+                    f"kafka_config[{key!r}] {reason}",
                     setting="kafka_config",
-                    problem=problem,
+                    problem=f"{key}={self.kafka_config[key]} {reason}",
                 )
         for key, ours in (
             ("bootstrap.servers", self.bootstrap_servers),

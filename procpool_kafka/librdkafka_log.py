@@ -84,5 +84,12 @@ class RateLimitedLog:
 
 def with_librdkafka_logger(settings: Mapping[str, Any], role: Role) -> dict[str, Any]:
     """``settings`` plus a rate-limited logger for a client of ``role``: librdkafka's log
-    lines go to Python logging (``procpool_kafka.librdkafka.<role>``), never to stderr."""
-    return {**settings, "logger": RateLimitedLog(role)}
+    lines go to Python logging (``procpool_kafka.librdkafka.<role>``), never to stderr.
+
+    ``log.queue`` keeps librdkafka from calling the logger on its own threads (it does so
+    before confluent-kafka forwards the log to the poll queue): Python code there may run the
+    garbage collector, and a client collected on a librdkafka thread aborts the process
+    (librdkafka refuses to be destroyed from its own threads). The lines are then served by
+    ``poll()``/``consume()`` on the caller's thread.
+    """
+    return {**settings, "logger": RateLimitedLog(role), "log.queue": True}

@@ -67,3 +67,18 @@ def test_a_real_client_logs_through_its_role(caplog: pytest.LogCaptureFixture) -
     names = {record.name for record in caplog.records}
     assert names == {"procpool_kafka.librdkafka.producer"}, caplog.records
     assert all("rdkafka#producer" not in r.getMessage() for r in caplog.records)
+
+
+def test_log_lines_are_served_on_the_polling_thread_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import threading
+
+    settings = with_librdkafka_logger({"bootstrap.servers": "127.0.0.1:9"}, "producer")
+    assert settings["log.queue"] is True, "never called back from librdkafka's own threads"
+    caplog.set_level(logging.DEBUG, logger="procpool_kafka.librdkafka")
+    producer = Producer({**settings, "reconnect.backoff.ms": 10})
+    producer.poll(1.0)
+    producer.close()
+    assert caplog.records, "the connection failure was logged"
+    assert {r.thread for r in caplog.records} == {threading.get_ident()}
