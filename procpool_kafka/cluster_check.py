@@ -11,6 +11,7 @@ import concurrent.futures
 import logging
 import time
 from functools import partial
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
@@ -53,11 +54,19 @@ def check_cluster(config: ConsumerConfig) -> None:
 def check_producer_settings(config: ConsumerConfig) -> None:
     """ConfigError when librdkafka refuses the producer settings (``producer_config``),
     whether or not a retry policy will ever produce: a producer is made and closed at once."""
+    probe = {**config.producer_settings(), "logger": _Discard(), "log.queue": True}
     try:
-        producer = Producer(with_librdkafka_logger(config.producer_settings(), "producer"))
+        producer = Producer(probe)  # its connection attempts are not worth a log line
     except KafkaException as error:
         raise ConfigError(f"invalid Kafka producer settings: {_reason(error)}") from error
     producer.close()
+
+
+class _Discard:
+    """A librdkafka logger that drops every line (the settings probe's)."""
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        pass
 
 
 def _reason(error: KafkaException) -> str:
