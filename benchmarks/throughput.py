@@ -734,8 +734,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--retries",
         type=int,
         default=3,
-        help=f"repeat a run when other processes took more than {OTHERS_LIMIT:.0%} of the CPU "
-        "(the least disturbed run is reported)",
+        help="repeat a run when other processes took more than "
+        f"{OTHERS_LIMIT * 100:.0f}%% of the CPU (the least disturbed run is reported)",
     )
     parser.add_argument("--no-save", action="store_true", help="do not write the JSON file")
     parser.add_argument(

@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -23,10 +24,13 @@ from procpool_kafka.cli_logging import configure_logging, redact_secrets
 from procpool_kafka.cli_options import (
     add_arguments,
     config_path,
+    describe_config_error,
     environment,
     load_file,
     parse_topic_map,
     resolve,
+    sources,
+    unknown_variables,
 )
 from procpool_kafka.config import ConsumerConfig, is_secret_setting
 from procpool_kafka.consumer import ProcPoolConsumer
@@ -38,7 +42,7 @@ from procpool_kafka.errors import (
     ProcPoolKafkaError,
     TopicNotFoundError,
 )
-from procpool_kafka.metrics import RunSummary
+from procpool_kafka.metrics import RunSummary, format_rate
 from procpool_kafka.metrics_server import MetricsServer
 from procpool_kafka.progress import ProgressReporter
 from procpool_kafka.records import Record
@@ -120,8 +124,14 @@ def load_handler(spec: str, app_dir: str | None) -> Callable[[Record], object]:
 # ---------------------------------------------------------------------------- configuration
 
 
-def build_config(values: dict[str, Any]) -> ConsumerConfig:
-    """A ConsumerConfig (with retry policies) from resolved option values."""
+def build_config(
+    values: dict[str, Any], where_from: dict[str, str] | None = None
+) -> ConsumerConfig:
+    """A ConsumerConfig (with retry policies) from resolved option values.
+
+    Every retry option is validated even when no topic has a retry or dead-letter topic.
+    """
+    where_from = where_from or {}
     missing = [
         f"--{name}"
         for name, key in (
@@ -133,11 +143,18 @@ def build_config(values: dict[str, Any]) -> ConsumerConfig:
     ]
     if missing:
         raise UsageError(f"missing required option(s): {', '.join(missing)}")
-    retry_topics = parse_topic_map("retry-topic", values["retry_topic"])
-    dlq_topics = {
-        topic: names[0]
-        for topic, names in parse_topic_map("dlq-topic", values["dlq_topic"]).items()
-    }
+    retry_topics = parse_topic_map(
+        "retry-topic", values["retry_topic"], where_from.get("retry_topic", "flag")
+    )
+    dlq_source = where_from.get("dlq_topic", "flag")
+    dlq_topics: dict[str, str] = {}
+    for topic, names in parse_topic_map("dlq-topic", values["dlq_topic"], dlq_source).items():
+        if len(names) > 1:
+            raise UsageError(
+                f"--dlq-topic (from {dlq_source}): one dead-letter topic per topic, "
+                f"got {topic}={','.join(names)}"
+            )
+        dlq_topics[topic] = names[0]
     unknown = sorted((set(retry_topics) | set(dlq_topics)) - set(values["topic"]))
     if unknown:
         raise UsageError(
@@ -161,6 +178,13 @@ def build_config(values: dict[str, Any]) -> ConsumerConfig:
         for topic in values["topic"]
         if topic in retry_topics or topic in dlq_topics
     ]
+    if not policies:  # validate --max-attempts and --non-retryable all the same
+        RetryPolicy(
+            topic="any-topic",
+            max_attempts=values["max_attempts"],
+            backoff=backoff,
+            non_retryable=tuple(values["non_retryable"]),
+        )
     optional = {key: values[key] for key in ("workers", "batch_size") if values[key] is not None}
     return ConsumerConfig(
         bootstrap_servers=values["bootstrap_servers"],
@@ -222,24 +246,59 @@ def print_summary(summary: RunSummary) -> None:
         f"summary: ok={summary.records_ok} retried={summary.records_retried} "
         f"dead-lettered={summary.records_dead_lettered} failed-attempts={summary.records_failed} "
         f"worker-crashes={summary.worker_crashes} duration={summary.duration_s:.1f}s "
-        f"throughput={summary.records_per_s:.0f} records/s"
+        f"rate={format_rate(summary.records_per_s)} records/s"
         f"{committed}",
         flush=True,
     )
 
 
+def start_metrics_server(
+    consumer: ProcPoolConsumer,
+    values: dict[str, Any],
+    where_from: dict[str, str],
+    revoke_timeout: float,
+) -> MetricsServer:
+    """Serve metrics as --metrics-host/--metrics-port say; UsageError naming them if not."""
+    server = MetricsServer(
+        consumer.snapshot,
+        values["metrics_host"],
+        values["metrics_port"],
+        stale_after=health_stale_after(revoke_timeout),
+    )
+    try:
+        server.start()
+    except OSError as error:
+        if isinstance(error.__cause__, socket.gaierror):
+            raise UsageError(
+                f"--metrics-host (from {where_from['metrics_host']}): cannot resolve "
+                f"{values['metrics_host']!r}: {error.__cause__.strerror}"
+            ) from None
+        raise UsageError(
+            f"--metrics-port (from {where_from['metrics_port']}): {error.strerror or error}"
+        ) from None
+    host, port = server.address
+    log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", host, port)
+    return server
+
+
 def run_command(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     environ = environment()
+    for warning in unknown_variables(environ):
+        print(f"procpool-kafka: warning: {warning}", file=sys.stderr)
     file_values = load_file(config_path(vars(args), environ))
     values = resolve(flags, environ, file_values)
+    where_from = sources(flags, environ, file_values)
     secrets = [v for k, v in values["kafka_config"].items() if is_secret_setting(k) and v]
     configure_logging(values["log_level"], values["log_format"], secrets)
     handler_spec = flags.get("handler") or environ.get("PROCPOOL_KAFKA_HANDLER")
     handler_spec = handler_spec or file_values.get("handler")
     if not handler_spec:
         raise UsageError("missing HANDLER (package.module:function)")
-    config = build_config(values)
+    try:
+        config = build_config(values, where_from)
+    except ConfigError as error:
+        raise UsageError(describe_config_error(error, where_from)) from None
     handler = load_handler(str(handler_spec), values["app_dir"])
     consumer = ProcPoolConsumer(config, handler)
     stopper = SignalStopper(consumer)
@@ -247,17 +306,12 @@ def run_command(args: argparse.Namespace) -> int:
     server: MetricsServer | None = None
     reporter: ProgressReporter | None = None
     try:
-        consumer.open()
-        if values["metrics_port"] is not None:
-            server = MetricsServer(
-                consumer.snapshot,
-                values["metrics_host"],
-                values["metrics_port"],
-                stale_after=health_stale_after(config.revoke_timeout),
-            )
-            server.start()
-            host, port = server.address
-            log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", host, port)
+        if values["metrics_port"] is not None:  # a bad address fails before any broker call
+            server = start_metrics_server(consumer, values, where_from, config.revoke_timeout)
+        try:
+            consumer.open()
+        except ConfigError as error:  # a librdkafka setting refused: name -X when it is one
+            raise UsageError(describe_config_error(error, where_from)) from None
         if values["until_end"]:
             reporter = ProgressReporter(consumer.progress, values["progress_interval"])
             reporter.start()
@@ -284,8 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "run":
-        parser.print_help()
-        return EXIT_OK if args.command is None else EXIT_USAGE
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
         return run_command(args)
     except (UsageError, ConfigError, HandlerLoadError, TopicNotFoundError) as error:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -22,25 +21,25 @@ from procpool_kafka.broker_calls import call_with_retry, kafka_error
 from procpool_kafka.broker_health import is_authentication_error
 from procpool_kafka.config import ConsumerConfig
 from procpool_kafka.errors import BrokerUnavailableError, ConfigError, TopicNotFoundError
+from procpool_kafka.librdkafka_log import with_librdkafka_logger
 
 log = logging.getLogger(__name__)
 
 
-def with_librdkafka_logger(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``settings`` plus a logger: librdkafka logs go to Python logging, never to stderr."""
-    return {**settings, "logger": logging.getLogger("procpool_kafka.librdkafka")}
-
-
 def check_cluster(config: ConsumerConfig) -> None:
-    """Fail early and clearly: broker unreachable, or topics missing; create missing retry
-    and dead-letter topics when ``config.create_topics``."""
-    settings = with_librdkafka_logger(config.client_settings())
+    """Fail early and clearly: invalid producer settings, broker unreachable, or topics
+    missing; create missing retry and dead-letter topics when ``config.create_topics``."""
+    settings = with_librdkafka_logger(config.client_settings(), "admin")
     errors: list[KafkaError] = []
     settings["error_cb"] = errors.append
     try:
         admin = AdminClient(settings)
     except KafkaException as error:
-        raise ConfigError(f"invalid Kafka client settings: {error}") from error
+        problem = _reason(error)
+        raise ConfigError(
+            f"invalid Kafka client settings: {problem}", setting="kafka_config", problem=problem
+        ) from error
+    check_producer_settings(config)
     deadline = time.monotonic() + config.connect_timeout
     existing = _topic_partitions(admin, config, errors, deadline)
     missing_base = [topic for topic in config.topics if topic not in existing]
@@ -50,6 +49,30 @@ def check_cluster(config: ConsumerConfig) -> None:
         raise TopicNotFoundError(_missing_topics_message(config, missing_base, missing_routing))
     if missing_routing:
         _create_routing_topics(admin, config, missing_routing, existing, deadline)
+
+
+def check_producer_settings(config: ConsumerConfig) -> None:
+    """ConfigError when librdkafka refuses the producer settings (``producer_config``),
+    whether or not a retry policy will ever produce: a producer is made and closed at once."""
+    probe = {**config.producer_settings(), "logger": _Discard(), "log.queue": True}
+    try:
+        producer = Producer(probe)  # its connection attempts are not worth a log line
+    except KafkaException as error:
+        raise ConfigError(f"invalid Kafka producer settings: {_reason(error)}") from error
+    producer.close()
+
+
+class _Discard:
+    """A librdkafka logger that drops every line (the settings probe's)."""
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        pass
+
+
+def _reason(error: KafkaException) -> str:
+    """librdkafka's own words (``No such configuration property: "x"``)."""
+    kafka = kafka_error(error)
+    return kafka.str() if kafka is not None else str(error)
 
 
 def _missing_topics_message(

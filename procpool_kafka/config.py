@@ -15,6 +15,7 @@ from loky import cpu_count
 
 from procpool_kafka.errors import ConfigError
 from procpool_kafka.retry import RetryPolicy, policy_for, validate_policies
+from procpool_kafka.topic_names import require_topic_name
 
 KafkaValue = str | int | float | bool
 
@@ -172,18 +173,20 @@ class ConsumerConfig:
 
     def _validate(self) -> None:
         if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers.strip():
-            raise ConfigError(
-                "bootstrap_servers must be a non-empty 'host:port[,host:port]' string"
+            raise _invalid(
+                "bootstrap_servers",
+                "must be a non-empty 'host:port[,host:port]' string, "
+                f"got {self.bootstrap_servers!r}",
             )
         if not isinstance(self.group_id, str) or not self.group_id.strip():
-            raise ConfigError("group_id must be a non-empty string")
+            raise _invalid("group_id", f"must be a non-empty string, got {self.group_id!r}")
         if not self.topics:
-            raise ConfigError("topics must name at least one topic")
+            raise _invalid("topics", "must name at least one topic")
         for topic in self.topics:
-            if not isinstance(topic, str) or not topic.strip():
-                raise ConfigError(f"topics: {topic!r} is not a topic name")
+            require_topic_name("topics", topic)
         if len(set(self.topics)) != len(self.topics):
-            raise ConfigError(f"topics: duplicate names in {list(self.topics)}")
+            problem = f"duplicate names in {list(self.topics)}"
+            raise ConfigError(f"topics: {problem}", setting="topics", problem=problem)
         _require_int("workers", self.workers, minimum=1)
         _require_int("max_in_flight", self.max_in_flight, minimum=1)
         _require_int("crash_limit", self.crash_limit, minimum=1)
@@ -208,13 +211,12 @@ class ConsumerConfig:
             if not isinstance(policy, RetryPolicy):
                 raise ConfigError(f"retry: {policy!r} is not a RetryPolicy")
             if not any(policy.matches(topic) for topic in self.topics):
-                raise ConfigError(f"retry policy for {policy.name} matches none of the topics")
+                raise ConfigError(f"{policy.name} matches none of the topics")
         validate_policies(list(self.retry))
         for topic in self.topics:
             if any(topic in p.retry_topics or topic == p.dlq_topic for p in self.retry):
-                raise ConfigError(
-                    f"topics: {topic!r} is a retry or dead-letter topic; list base topics only"
-                )
+                problem = f"{topic!r} is a retry or dead-letter topic; list base topics only"
+                raise ConfigError(f"topics: {problem}", setting="topics", problem=problem)
 
     def policy_of(self, base_topic: str) -> RetryPolicy | None:
         """The retry policy of a base topic, or None."""
@@ -250,24 +252,35 @@ class ConsumerConfig:
                 raise ConfigError(f"kafka_config[{key!r}]: value must be str, int, float or bool")
         for key, required in REQUIRED_KAFKA_SETTINGS.items():
             if key in self.kafka_config and _as_bool_setting(self.kafka_config[key]) != required:
+                reason = (
+                    "cannot be changed: procpool-kafka commits explicit offsets only after "
+                    "records are handled"
+                )
                 raise ConfigError(
-                    f"kafka_config[{key!r}] cannot be changed: procpool-kafka commits explicit "
-                    "offsets only after records are handled"
+                    f"kafka_config[{key!r}] {reason}",
+                    setting="kafka_config",
+                    problem=f"{key}={self.kafka_config[key]} {reason}",
                 )
         for key, ours in (
             ("bootstrap.servers", self.bootstrap_servers),
             ("group.id", self.group_id),
         ):
             if key in self.kafka_config and str(self.kafka_config[key]) != ours:
+                setting = key.replace(".", "_")
                 raise ConfigError(
-                    f"kafka_config[{key!r}] conflicts with the {key.replace('.', '_')} setting"
+                    f"kafka_config[{key!r}] conflicts with the {setting} setting",
+                    setting="kafka_config",
+                    problem=f"{key}={self.kafka_config[key]} conflicts with the {setting} setting",
                 )
         if self.group_protocol == "consumer":
             for key, reason in CLASSIC_ONLY_KAFKA_SETTINGS.items():
                 if key in self.kafka_config:
+                    problem = f"{key} is not supported with group_protocol='consumer': {reason}"
                     raise ConfigError(
                         f"kafka_config[{key!r}] is not supported with group_protocol='consumer': "
-                        f"{reason}"
+                        f"{reason}",
+                        setting="kafka_config",
+                        problem=problem,
                     )
 
     def librdkafka_settings(self) -> dict[str, KafkaValue]:
@@ -329,20 +342,24 @@ def default_worker_count() -> int:
 def _group_protocol(name: str, value: object) -> str:
     text = value.strip().lower() if isinstance(value, str) else None
     if text is None or text not in GROUP_PROTOCOLS:
-        raise ConfigError(f"{name} must be 'classic' or 'consumer', got {value!r}")
+        raise _invalid(name, f"must be 'classic' or 'consumer', got {value!r}")
     return text
+
+
+def _invalid(name: str, problem: str) -> ConfigError:
+    return ConfigError(f"{name} {problem}", setting=name, problem=problem)
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        raise _invalid(name, f"must be a whole number, got {value!r}")
     if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        raise _invalid(name, f"must be >= {minimum}, got {value}")
 
 
 def _require_seconds(name: str, value: object, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+        raise _invalid(name, f"must be a number of seconds, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be {bound}, got {value}")
+        raise _invalid(name, f"must be {bound}, got {value:g}")

@@ -1,6 +1,6 @@
 """ProcPoolConsumer: the poll loop and the rebalance callbacks; it wires the other modules.
 
-Data flow (one thread of the consumer process owns all of it; see DESIGN.md)::
+Data flow (one thread of the consumer process owns all of it; see docs/architecture.md)::
 
     consume() --Message--> _accept --Record--> Dispatcher --batches--> WorkerPool --> workers
        |                     |  tracker.received()                        |
@@ -41,7 +41,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from procpool_kafka.batch import EndTargets
 from procpool_kafka.broker_calls import call_with_retry, checked
 from procpool_kafka.broker_health import STATS_INTERVAL_MS, BrokerHealth
-from procpool_kafka.cluster_check import check_cluster, with_librdkafka_logger
+from procpool_kafka.cluster_check import check_cluster
 from procpool_kafka.config import ConsumerConfig, redact
 from procpool_kafka.dispatch import BatchSizer, Dispatcher
 from procpool_kafka.errors import (
@@ -53,6 +53,7 @@ from procpool_kafka.errors import (
     ProcPoolKafkaError,
     WorkerCrashed,
 )
+from procpool_kafka.librdkafka_log import with_librdkafka_logger
 from procpool_kafka.metrics import Counters, EndCommit, PartitionState, RunSummary, Snapshot
 from procpool_kafka.offsets import OffsetTracker
 from procpool_kafka.outcomes import FailureRouter
@@ -234,7 +235,7 @@ class ProcPoolConsumer:
         self._router = FailureRouter(
             self._retry_policies,
             self._config.group_id,
-            with_librdkafka_logger(self._config.producer_settings()),
+            with_librdkafka_logger(self._config.producer_settings(), "producer"),
             self._routed,
             self._counters,
         )
@@ -263,7 +264,7 @@ class ProcPoolConsumer:
         )
 
     def _kafka_settings(self) -> dict[str, Any]:
-        settings = with_librdkafka_logger(self._config.librdkafka_settings())
+        settings = with_librdkafka_logger(self._config.librdkafka_settings(), "consumer")
         settings["on_commit"] = self._on_commit
         settings["error_cb"] = self._health.on_error
         settings["stats_cb"] = self._health.on_stats

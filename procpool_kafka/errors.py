@@ -8,7 +8,19 @@ class ProcPoolKafkaError(Exception):
 
 
 class ConfigError(ProcPoolKafkaError, ValueError):
-    """A configuration value is invalid; the message names the setting."""
+    """A configuration value is invalid; the message names the setting.
+
+    ``setting`` (e.g. ``"workers"``, ``"backoff.jitter"``) and ``problem`` (the message
+    without the setting's name, the bad value included) let the command line name its flag
+    instead of the setting; both are None when the error is about no single setting.
+    """
+
+    def __init__(
+        self, message: str, *, setting: str | None = None, problem: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.problem = problem
 
 
 class HandlerLoadError(ProcPoolKafkaError):

@@ -96,6 +96,13 @@ class Counters:
         )
 
 
+def format_rate(per_second: float) -> str:
+    """A rate with the digits that matter: ``1234``, ``12.3``, ``0.22``, ``0.0031``."""
+    if per_second >= 100 or per_second == 0:
+        return f"{per_second:.0f}"
+    return f"{per_second:.2g}" if per_second < 1 else f"{per_second:.3g}"
+
+
 @dataclass(frozen=True)
 class EndCommit:
     """What a batch run found committed at its end: ``short`` lists partitions below it."""
@@ -122,6 +129,7 @@ class RunSummary:
     records_retried: int
     records_dead_lettered: int
     duration_s: float
+    #: records handled (ok + failed attempts) per second of the run
     records_per_s: float
     #: worker processes that died while running a record (not counting kills we ordered)
     worker_crashes: int = 0
@@ -133,7 +141,7 @@ class RunSummary:
         return (
             f"records ok={self.records_ok} failed={self.records_failed} "
             f"retried={self.records_retried} dead-lettered={self.records_dead_lettered} "
-            f"in {self.duration_s:.1f}s ({self.records_per_s:.0f} records/s){committed}"
+            f"in {self.duration_s:.1f}s ({format_rate(self.records_per_s)} records/s){committed}"
         )
 
 

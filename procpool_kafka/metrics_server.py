@@ -305,6 +305,9 @@ class _Handler(BaseHTTPRequestHandler):
 class MetricsServer:
     """Serves /metrics (Prometheus text), /healthz and /readyz over HTTP from a daemon thread.
 
+    Nothing is served until it is started: ``with MetricsServer(...) as server:`` starts it
+    on entry and stops it on exit (or call :meth:`start` and :meth:`stop`).
+
     ``snapshot`` returns the consumer's latest published state, or None before the first one;
     it is called on every request, from the server's threads, and must be cheap and
     thread-safe (reading an attribute that the loop replaces is). ``stale_after`` is how old
@@ -369,7 +372,9 @@ class MetricsServer:
         """The bound host and port (the real port when 0 was asked for)."""
         server = self._server
         if server is None:
-            raise RuntimeError("metrics server is not started")
+            raise RuntimeError(
+                "metrics server is not started: call start() or use it in a with statement"
+            )
         host, port = server.server_address[:2]
         return str(host), int(port)
 

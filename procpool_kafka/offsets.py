@@ -9,7 +9,8 @@ offset this consumer never received can never hold back a commit.
     received: 10 11 12 14 15        done: 10 11 14
     position: 12  (12 is the first received offset not done)
 
-Invariant 1 of DESIGN.md: the position never passes an offset that is received and not done.
+Invariant 1 of docs/architecture.md: the position never passes an offset that is received and
+not done.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ It is pure (no Kafka import, no clock, no logging) so that it can be unit- and
 property-tested; the consumer loop supplies the clock and does the producing,
 pausing and committing.
 
-Invariant 6 of DESIGN.md: the consumer calls :func:`read_retry_headers` only
+Invariant 6 of docs/architecture.md: the consumer calls :func:`read_retry_headers` only
 for records read from a configured retry topic (headers on any other topic are
 never honoured), and the not-before time it returns is clamped to
 ``now + max_delay``, so a forged or skewed header cannot park a partition for
@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 
 from procpool_kafka.errors import ConfigError
 from procpool_kafka.records import Headers, Record, TopicPartition
+from procpool_kafka.topic_names import require_topic_name
 
 __all__ = [
     "HEADER_PREFIX",
@@ -137,6 +138,27 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _invalid(setting: str, problem: str, owner: str = "") -> ConfigError:
+    """A ConfigError naming ``setting`` (prefixed by the policy it belongs to, if any)."""
+    prefix = f"{owner}: " if owner else ""
+    return ConfigError(f"{prefix}{setting} {problem}", setting=setting, problem=problem)
+
+
+#: a dotted Python name: ``ValueError``, ``myapp.errors.BadInput``, ``mod.Outer.Inner``
+_DOTTED_NAME = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*")
+
+
+def _require_type_names(owner: str, name: str, values: tuple[str, ...]) -> None:
+    for value in values:
+        if not _DOTTED_NAME.fullmatch(value):
+            raise _invalid(
+                name,
+                f"entries must be exception type names like ValueError or "
+                f"myapp.errors.BadInput, got {value!r}",
+                owner,
+            )
+
+
 def _str_tuple(owner: str, name: str, value: object) -> tuple[str, ...]:
     """``value`` as a tuple of non-empty strings (from a list, a tuple or one lone string)."""
     if isinstance(value, str):
@@ -176,18 +198,21 @@ class Backoff:
         for name in ("initial_delay", "multiplier", "max_delay", "jitter"):
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value):
-                raise ConfigError(f"backoff.{name} must be a finite number, got {value!r}")
+                raise _invalid(f"backoff.{name}", f"must be a finite number, got {value!r}")
         if self.initial_delay < 0:
-            raise ConfigError(f"backoff.initial_delay must be >= 0, got {self.initial_delay!r}")
+            raise _invalid("backoff.initial_delay", f"must be >= 0, got {self.initial_delay:g}")
         if self.multiplier < 1:
-            raise ConfigError(f"backoff.multiplier must be >= 1, got {self.multiplier!r}")
+            raise _invalid("backoff.multiplier", f"must be >= 1, got {self.multiplier:g}")
         if self.max_delay < self.initial_delay:
             raise ConfigError(
                 f"backoff.max_delay ({self.max_delay!r}) must be >= "
-                f"backoff.initial_delay ({self.initial_delay!r})"
+                f"backoff.initial_delay ({self.initial_delay!r})",
+                setting="backoff.max_delay",
+                problem=f"must be >= the initial delay ({self.initial_delay:g}), "
+                f"got {self.max_delay:g}",
             )
         if not 0 <= self.jitter < 1:
-            raise ConfigError(f"backoff.jitter must be in [0, 1), got {self.jitter!r}")
+            raise _invalid("backoff.jitter", f"must be in [0, 1), got {self.jitter:g}")
 
     def base_delay(self, failures: int) -> float:
         """The delay after the ``failures``-th failure before jitter, clamped to ``max_delay``."""
@@ -295,8 +320,8 @@ class RetryPolicy:
                 "retry policy: exactly one of topic or topic_pattern must be set "
                 f"(got topic={self.topic!r}, topic_pattern={self.topic_pattern!r})"
             )
-        if self.topic is not None and (not isinstance(self.topic, str) or not self.topic):
-            raise ConfigError(f"retry policy: topic must be a non-empty string, got {self.topic!r}")
+        if self.topic is not None:
+            require_topic_name("topic", self.topic, "retry policy")
         if self.topic_pattern is not None:
             if not isinstance(self.topic_pattern, str) or not self.topic_pattern:
                 raise ConfigError(
@@ -315,13 +340,15 @@ class RetryPolicy:
         retry_topics = _str_tuple(owner, "retry_topics", self.retry_topics)
         set_(self, "retry_topics", retry_topics)
         set_(self, "non_retryable", _str_tuple(owner, "non_retryable", self.non_retryable))
+        _require_type_names(owner, "non_retryable", self.non_retryable)
         if self.retryable is not None:
             set_(self, "retryable", _str_tuple(owner, "retryable", self.retryable))
+            _require_type_names(owner, "retryable", self.retryable)
+        for tier in retry_topics:
+            require_topic_name("retry_topics", tier, owner)
 
         if not _is_int(self.max_attempts) or self.max_attempts < 1:
-            raise ConfigError(
-                f"{owner}: max_attempts must be an int >= 1, got {self.max_attempts!r}"
-            )
+            raise _invalid("max_attempts", f"must be an int >= 1, got {self.max_attempts!r}", owner)
         if not isinstance(self.backoff, Backoff):
             raise ConfigError(
                 f"{owner}: backoff must be a Backoff, got {type(self.backoff).__name__}"
@@ -329,9 +356,11 @@ class RetryPolicy:
         if self.dlq_topic is not None and (
             not isinstance(self.dlq_topic, str) or not self.dlq_topic
         ):
-            raise ConfigError(
-                f"{owner}: dlq_topic must be a non-empty string or None, got {self.dlq_topic!r}"
+            raise _invalid(
+                "dlq_topic", f"must be a non-empty string or None, got {self.dlq_topic!r}", owner
             )
+        if self.dlq_topic is not None:
+            require_topic_name("dlq_topic", self.dlq_topic, owner)
         for name in ("max_error_message_bytes", "max_traceback_bytes"):
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
@@ -340,26 +369,42 @@ class RetryPolicy:
         seen: set[str] = set()
         for tier in retry_topics:
             if tier in seen:
-                raise ConfigError(f"{owner}: retry_topics lists {tier!r} twice")
+                raise _invalid("retry_topics", f"lists {tier!r} twice", owner)
             seen.add(tier)
-            if self.matches(tier):
+            if tier == self.topic:
                 raise ConfigError(
                     f"{owner}: retry_topics entry {tier!r} is a base topic of the same policy "
-                    "(its records would be consumed as first deliveries)"
+                    "(its records would be consumed as first deliveries)",
+                    setting="retry_topics",
+                    problem=f"{tier!r} is the topic itself (its records would be consumed as "
+                    "first deliveries)",
                 )
             if tier == self.dlq_topic:
-                raise ConfigError(f"{owner}: retry_topics entry {tier!r} is also the dlq_topic")
-        if self.dlq_topic is not None and self.matches(self.dlq_topic):
+                raise ConfigError(
+                    f"{owner}: retry_topics entry {tier!r} is also the dlq_topic",
+                    setting="retry_topics",
+                    problem=f"{tier!r} is also the dead-letter topic",
+                )
+        if self.dlq_topic is not None and self.dlq_topic == self.topic:
             raise ConfigError(
                 f"{owner}: dlq_topic {self.dlq_topic!r} is a base topic of the same policy "
-                "(dead letters would be consumed again)"
+                "(dead letters would be consumed again)",
+                setting="dlq_topic",
+                problem=f"{self.dlq_topic!r} is the topic itself (dead letters would be "
+                "consumed again)",
             )
 
     def matches(self, topic: str) -> bool:
-        """Whether ``topic`` is one of this policy's base topics."""
+        """Whether ``topic`` is one of this policy's base topics.
+
+        A ``topic_pattern`` never matches the policy's own retry and dead-letter topics:
+        ``orders-.*`` with ``orders-retry-1m`` and ``orders-dlq`` matches ``orders-eu`` only.
+        """
         if self.topic is not None:
             return topic == self.topic
         assert self._regex is not None
+        if topic in self.retry_topics or topic == self.dlq_topic:
+            return False
         return self._regex.fullmatch(topic) is not None
 
     def is_retryable(self, error_types: Sequence[str]) -> bool:
@@ -412,25 +457,28 @@ def validate_policies(policies: Sequence[RetryPolicy]) -> None:
         for tier in policy.retry_topics:
             other = owners.get(tier)
             if other is not None and other is not policy:
+                problem = f"{tier!r} is used by both the {other.name} and the {policy.name}"
                 raise ConfigError(
-                    f"retry_topics entry {tier!r} is used by both the {other.name} "
-                    f"and the {policy.name}"
+                    f"retry_topics entry {problem}", setting="retry_topics", problem=problem
                 )
             owners[tier] = policy
     for policy in policies:
-        special = [("retry_topics entry", t) for t in policy.retry_topics]
+        special = [("retry_topics", "retry_topics entry", t) for t in policy.retry_topics]
         if policy.dlq_topic is not None:
-            special.append(("dlq_topic", policy.dlq_topic))
-        for what, name in special:
+            special.append(("dlq_topic", "dlq_topic", policy.dlq_topic))
+        for setting, what, name in special:
             for other in policies:
                 if other.matches(name):
+                    problem = f"{name!r} is a base topic of the {other.name}"
                     raise ConfigError(
-                        f"{policy.name}: {what} {name!r} is a base topic of the {other.name}"
+                        f"{policy.name}: {what} {problem}", setting=setting, problem=problem
                     )
         if policy.dlq_topic is not None and policy.dlq_topic in owners:
+            problem = (
+                f"{policy.dlq_topic!r} is a retry topic of the {owners[policy.dlq_topic].name}"
+            )
             raise ConfigError(
-                f"{policy.name}: dlq_topic {policy.dlq_topic!r} is a retry topic of the "
-                f"{owners[policy.dlq_topic].name}"
+                f"{policy.name}: dlq_topic {problem}", setting="dlq_topic", problem=problem
             )
 
 

@@ -64,6 +64,18 @@ wrong broker address (BrokerUnavailableError within connect_timeout)
 wrong SASL credentials (clear error within a timeout)
     test_security.py::test_wrong_password_is_a_clear_error_within_the_timeout
     test_security.py::test_cli_wrong_password_exits_1_with_a_clear_error
+broker down: librdkafka's log lines rate-limited, named by client role
+    test_cli_config.py::test_unreachable_broker_logs_few_lines_named_by_client_role
+    unit/test_librdkafka_log.py::test_repeats_are_logged_once_per_window_with_a_count
+invalid topic names (a comma, a space, more than 249 characters)
+    unit/test_config.py::test_invalid_values_name_the_setting
+    unit/test_retry.py::test_policy_validation_names_the_field
+    test_cli_config.py::test_bad_values_exit_2_with_one_line_naming_flag_and_value
+bad configuration values (README "Reliability: bad configuration", one row each)
+    test_cli_config.py::test_bad_values_exit_2_with_one_line_naming_flag_and_value
+    test_cli_config.py::test_metrics_port_in_use_and_unresolvable_host_exit_2
+    test_cli_config.py::test_misspelled_environment_variable_is_one_warning_line
+    unit/test_config.py::test_unknown_producer_property_fails_at_open_without_a_retry_policy
 ==============================================================================
 """
 

@@ -192,10 +192,10 @@ def test_handler_errors_exit_2_with_one_line(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--workers", "many"], "--workers (from flag): invalid value"),
-        (["--workers", "0"], "workers must be >= 1"),
+        (["--workers", "many"], "--workers (from flag): expected a whole number, got 'many'"),
+        (["--workers", "0"], "--workers (from flag): must be >= 1, got 0"),
         (["--retry-topic", "nonsense"], "expected TOPIC=NAME"),
-        (["-X", "enable.auto.commit=true"], "cannot be changed"),
+        (["-X", "enable.auto.commit=true"], "--kafka-config (from flag): enable.auto.commit=true"),
         (["--log-format", "xml"], "--log-format must be text or json"),
         (["--config", "/nonexistent.toml"], "does not exist"),
         (["--group-protocol", "kip848"], "group_protocol must be 'classic' or 'consumer'"),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from procpool_kafka import ConsumerConfig, TopicNotFoundError
+from procpool_kafka import ConsumerConfig, ProcPoolConsumer, TopicNotFoundError
 from procpool_kafka.retry import (
     H_ATTEMPT,
     H_ATTEMPTS,
@@ -310,3 +311,45 @@ def test_create_topics_uses_the_base_partition_count(kafka: KafkaTestEnv, tmp_pa
     assert len(kafka.partitions(retry_topic)) == 3
     assert len(kafka.partitions(dlq)) == 3
     assert coordinates(str(tmp_path / "s")) == set()
+
+
+def test_pattern_policy_retries_through_its_own_matching_retry_topics(
+    kafka: KafkaTestEnv, tmp_path: Path
+) -> None:
+    """README's `topic_pattern=r"orders-.*"` with retry topics `orders-retry-1m`, ...: the
+    pattern matches the retry and dead-letter names too, yet their records are consumed as
+    retry copies (attempt >= 2, due time honoured), never as first deliveries."""
+    prefix = kafka.create_topic("orders")  # a unique name; its own records stay empty
+    eu, us = f"{prefix}-eu", f"{prefix}-us"
+    for base in (eu, us):
+        kafka.create_named_topic(base, partitions=2)
+    tiers = (f"{prefix}-retry-1m", f"{prefix}-retry-10m")
+    dlq = f"{prefix}-dlq"
+    kafka.track(*tiers, dlq)
+    policy = RetryPolicy(
+        topic_pattern=re.escape(prefix) + r"-.*",
+        retry_topics=tiers,
+        max_attempts=3,
+        backoff=no_jitter(0.2, max_delay=1.0),
+        dlq_topic=dlq,
+    )
+    kafka.produce(eu, [b"ok:"] * 4 + [b"failuntil:2:"])
+    kafka.produce(us, [b"ok:"] * 3 + [b"fail:"])
+    store = str(tmp_path / "store.jsonl")
+    config = consumer_config(kafka.bootstrap, [eu, us], retry=[policy], create_topics=True)
+    assert config.subscribed_topics() == [eu, us, *tiers], "names, never a regex subscription"
+    with ProcPoolConsumer(config, functools.partial(scripted, store)) as consumer:
+        summary = consumer.run(until_end=True, wait_retries=True)
+    starts = read_store(store, "start")
+    by_topic: dict[str, list[int]] = {}
+    for entry in starts:
+        by_topic.setdefault(entry["topic"], []).append(entry["attempt"])
+    assert sorted(by_topic[eu]) == [1] * 5 and sorted(by_topic[us]) == [1] * 4
+    assert sorted(by_topic[tiers[0]]) == [2, 2], "each failing record once on the first tier"
+    assert by_topic[tiers[1]] == [3], "the poison record once on the second tier"
+    failing = [e for e in starts if e["value"] != "ok:"]
+    assert len(failing) == 5, "2 + 3 attempts: nothing handled twice as a base record"
+    assert summary.records_ok == 8 and summary.records_dead_lettered == 1
+    assert len(kafka.consume_all(dlq, expected=1)) == 1
+    for topic in (eu, us, *tiers):
+        assert kafka.fully_committed(config.group_id, topic), topic

@@ -214,7 +214,7 @@ def test_cli_wrong_password_exits_1_with_a_clear_error(
     env = cli_env(tmp_path / "s", PROCPOOL_KAFKA_KAFKA_CONFIG=sasl.env_value(password=wrong))
     args = [
         *("run", HANDLER, "-b", sasl.bootstrap, "-G", unique_name("g"), "-t", topic),
-        *("--workers", "1", "--connect-timeout", "5", "--log-level", "DEBUG"),
+        *("--workers", "1", "--connect-timeout", "120", "--log-level", "DEBUG"),
         *("-X", f"debug={LIBRDKAFKA_DEBUG}"),
     ]
     started = time.monotonic()
@@ -224,7 +224,7 @@ def test_cli_wrong_password_exits_1_with_a_clear_error(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"procpool-kafka: error: cannot reach Kafka at {sasl.bootstrap}")
     assert "SASL authentication error" in last and "invalid credentials" in last
-    assert elapsed < 5 + 25, "connect timeout plus the interpreter's start"
+    assert elapsed < 60, "the broker's refusal ends the wait: no connect_timeout (120 s)"
     assert LIBRDKAFKA_REDACTED in result.stderr, "DEBUG output, librdkafka's included"
     assert wrong not in result.stdout + result.stderr
 

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from procpool_kafka.cli import build_config
-from procpool_kafka.cli_options import load_file, parse_topic_map, resolve
+from procpool_kafka.cli_options import (
+    FLAG_OF_SETTING,
+    OPTIONS,
+    add_arguments,
+    describe_config_error,
+    load_file,
+    parse_topic_map,
+    resolve,
+    sources,
+    split_topic_map,
+    unknown_variables,
+)
+from procpool_kafka.config import ConsumerConfig
 from procpool_kafka.errors import ConfigError
+from procpool_kafka.metrics import format_rate
 from procpool_kafka.progress import format_progress
+from procpool_kafka.retry import Backoff, RetryPolicy
+
+BASE: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:9092", "group_id": "g", "topics": ["t"]}
 
 
 def test_precedence_flag_env_file_default() -> None:
@@ -59,14 +78,133 @@ def test_optional_float_can_be_switched_off() -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({"workers": "x"}, "--workers (from flag): invalid value"),
-        ({"until_end": "maybe"}, "--until-end"),
+        ({"workers": "x"}, "--workers (from flag): expected a whole number, got 'x'"),
+        ({"until_end": "maybe"}, "--until-end (from flag): expected true or false, got 'maybe'"),
         ({"kafka_config": ["novalue"]}, "expected KEY=VALUE"),
+        ({"progress_interval": "0"}, "--progress-interval (from flag): must be > 0, got 0"),
+        ({"progress_interval": "-5"}, "--progress-interval (from flag): must be > 0, got -5"),
+        ({"metrics_port": "99999"}, "--metrics-port (from flag): must be a port in 0..65535"),
+        ({"task_timeout": "soon"}, "--task-timeout (from flag): expected a number or off"),
     ],
 )
 def test_bad_values_name_the_option(flags: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         resolve(flags, {}, {})
+
+
+def test_bad_values_from_env_and_file_name_their_source() -> None:
+    with pytest.raises(ConfigError, match=re.escape("--workers (from PROCPOOL_KAFKA_WORKERS)")):
+        resolve({}, {"PROCPOOL_KAFKA_WORKERS": "two"}, {})
+    with pytest.raises(ConfigError, match=re.escape("--workers (from config file): expected")):
+        resolve({}, {}, {"workers": 2.5})
+
+
+SAME_SYNTAX = "tiles=tiles-retry-1m,tiles-retry-10m"
+
+
+def test_topic_map_syntax_is_the_same_in_every_source() -> None:
+    expected = {"tiles": ["tiles-retry-1m", "tiles-retry-10m"]}
+    for values in (
+        resolve({"retry_topic": [SAME_SYNTAX]}, {}, {}),
+        resolve({}, {"PROCPOOL_KAFKA_RETRY_TOPIC": SAME_SYNTAX}, {}),
+        resolve({}, {}, {"retry_topic": SAME_SYNTAX}),
+        resolve({}, {}, {"retry_topic": [SAME_SYNTAX]}),
+    ):
+        assert parse_topic_map("retry-topic", values["retry_topic"]) == expected
+
+
+def test_topic_map_lists_several_topics() -> None:
+    for text in ("a=a-r1,a-r2,b=b-r1", "a=a-r1,a-r2;b=b-r1", "a=a-r1,a-r2\nb=b-r1"):
+        items = resolve({}, {"PROCPOOL_KAFKA_RETRY_TOPIC": text}, {})["retry_topic"]
+        assert parse_topic_map("retry-topic", items) == {"a": ["a-r1", "a-r2"], "b": ["b-r1"]}
+    assert split_topic_map("x,a=b") == ["x", "a=b"], "a leading bare name stays an error"
+
+
+def test_topic_lists_split_on_commas_in_every_source() -> None:
+    expected = ["tiles", "thumbnails", "more"]
+    assert resolve({"topic": ["tiles,thumbnails", "more"]}, {}, {})["topic"] == expected
+    env = {"PROCPOOL_KAFKA_TOPIC": "tiles, thumbnails,more"}
+    assert resolve({}, env, {})["topic"] == expected
+    assert resolve({}, {}, {"topic": "tiles,thumbnails,more"})["topic"] == expected
+    assert resolve({}, {}, {"topic": ["tiles", "thumbnails,more"]})["topic"] == expected
+    non_retryable = resolve({"non_retryable": ["ValueError,myapp.Bad"]}, {}, {})["non_retryable"]
+    assert non_retryable == ["ValueError", "myapp.Bad"]
+
+
+def test_sources_say_where_each_value_came_from() -> None:
+    where = sources({"workers": "2"}, {"PROCPOOL_KAFKA_GROUP_ID": "g"}, {"topic": ["t"]})
+    assert where["workers"] == "flag"
+    assert where["group_id"] == "PROCPOOL_KAFKA_GROUP_ID"
+    assert where["topic"] == "config file"
+    assert where["jitter"] == "default"
+
+
+def test_unknown_variables_are_warned_about_with_a_hint() -> None:
+    environ = {
+        "PROCPOOL_KAFKA_WORKRES": "2",
+        "PROCPOOL_KAFKA_GROUP_ID": "g",
+        "PROCPOOL_KAFKA_CACHE": "/tmp/c",  # scripts/kafka-local's, not an option
+        "PROCPOOL_KAFKA_HANDLER": "m:f",
+        "PROCPOOL_KAFKA_CONFIG": "c.toml",
+    }
+    assert unknown_variables(environ) == [
+        "unknown environment variable PROCPOOL_KAFKA_WORKRES ignored "
+        "(did you mean PROCPOOL_KAFKA_WORKERS?)"
+    ]
+
+
+def test_every_setting_maps_to_an_existing_option() -> None:
+    names = {option.name for option in OPTIONS}
+    assert set(FLAG_OF_SETTING.values()) <= names
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: ConsumerConfig(**BASE, workers=0), "--workers (from flag): must be >= 1, got 0"),
+        (
+            lambda: ConsumerConfig(**BASE, task_timeout=0),
+            "--task-timeout (from default): must be > 0, got 0",
+        ),
+        (
+            lambda: Backoff(jitter=1.5),
+            "--jitter (from PROCPOOL_KAFKA_JITTER): must be in [0, 1), got 1.5",
+        ),
+        (
+            lambda: RetryPolicy(topic="t", max_attempts=0),
+            "--max-attempts (from flag): must be an int >= 1, got 0",
+        ),
+        (
+            lambda: ConsumerConfig(**{**BASE, "topics": ["tiles,thumbnails"]}),
+            "--topic (from flag): 'tiles,thumbnails' is not a valid topic name: ',' not allowed",
+        ),
+    ],
+)
+def test_library_errors_are_translated_to_flags(make: Any, expected: str) -> None:
+    where = {
+        "workers": "flag",
+        "task_timeout": "default",
+        "jitter": "PROCPOOL_KAFKA_JITTER",
+        "max_attempts": "flag",
+        "topic": "flag",
+    }
+    with pytest.raises(ConfigError) as caught:
+        make()
+    assert describe_config_error(caught.value, where).startswith(expected)
+
+
+def test_help_shows_every_default() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "hard limit per handler call (seconds, or off) (default: off)" in text
+    assert "(default: CPU count)" in text
+    assert "consumer group id (required)" in text
+    assert "(default: false)" in text
+    for action in parser._actions[1:]:
+        assert "(default: " in (action.help or "") or "(required)" in (action.help or ""), (
+            action.dest
+        )
 
 
 def test_config_file_keys_and_errors(tmp_path: Path) -> None:
@@ -104,3 +242,10 @@ def test_progress_line() -> None:
     line = format_progress(50, 200, 10.0, bar=False)
     assert line == "progress: 50/200 records (25%) 5 records/s ETA 30s"
     assert format_progress(200, 200, 2.0, bar=True).startswith("[" + "#" * 30 + "]")
+
+
+def test_summary_rate_keeps_the_digits_that_matter() -> None:
+    assert format_rate(8 / 36) == "0.22", "8 records in 36 s"
+    assert format_rate(12.34) == "12.3"
+    assert format_rate(1234.5) == "1234"
+    assert format_rate(0.0) == "0"

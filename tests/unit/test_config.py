@@ -12,6 +12,7 @@ import pytest
 
 from procpool_kafka import ConfigError, ConsumerConfig, HandlerLoadError, ProcPoolConsumer, Record
 from procpool_kafka.config import CLASSIC_ONLY_KAFKA_SETTINGS
+from procpool_kafka.retry import RetryPolicy
 
 BASE: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:9092", "group_id": "g", "topics": ["t"]}
 
@@ -33,6 +34,10 @@ def config(**overrides: Any) -> ConsumerConfig:
         ({"crash_limit": 0}, "crash_limit must be >= 1"),
         ({"topics": []}, "topics must name at least one topic"),
         ({"topics": ["a", ""]}, "is not a topic name"),
+        ({"topics": ["tiles,thumbnails"]}, "'tiles,thumbnails' is not a valid topic name: ','"),
+        ({"topics": ["a b/c"]}, r"' ', '/' not allowed \(Kafka allows 1-249 characters"),
+        ({"topics": ["x" * 250]}, "is 250 characters long"),
+        ({"topics": [".."]}, "'..' is not a valid topic name"),
         ({"topics": ["a", "a"]}, "duplicate"),
         ({"group_id": ""}, "group_id must be a non-empty string"),
         ({"bootstrap_servers": " "}, "bootstrap_servers must be"),
@@ -169,3 +174,26 @@ def test_default_workers_follow_the_cpu_affinity() -> None:
         check=True,
     )
     assert result.stdout.strip() == "1"
+
+
+def test_pattern_policy_with_its_own_retry_topics_is_valid() -> None:
+    """README's commented alternative: a pattern that also matches its retry topic names."""
+    policy = RetryPolicy(
+        topic_pattern=r"orders-.*",
+        retry_topics=("orders-retry-1m", "orders-retry-10m"),
+        dlq_topic="orders-dlq",
+    )
+    cfg = config(topics=["orders-eu", "orders-us"], retry=[policy])
+    assert cfg.retry_topics() == ["orders-retry-1m", "orders-retry-10m"]
+    assert cfg.subscribed_topics() == ["orders-eu", "orders-us", *cfg.retry_topics()]
+    assert cfg.policy_of("orders-retry-1m") is None, "a retry topic is never a base topic"
+    with pytest.raises(ConfigError, match="'orders-retry-1m' is a retry or dead-letter topic"):
+        config(topics=["orders-eu", "orders-retry-1m"], retry=[policy])
+
+
+def test_unknown_producer_property_fails_at_open_without_a_retry_policy() -> None:
+    """No broker needed: librdkafka refuses the property before connecting."""
+    consumer = ProcPoolConsumer(config(producer_config={"bogus.prop": 1}), handle)
+    with pytest.raises(ConfigError, match=r"invalid Kafka producer settings: .*bogus\.prop"):
+        consumer.open()
+    consumer.close()

@@ -455,6 +455,28 @@ def test_context_manager(holder: Holder) -> None:
         _ = srv.address
 
 
+def test_nothing_is_served_until_started_and_the_with_block_frees_the_port(
+    holder: Holder,
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    idle = MetricsServer(holder, port=port)
+    with pytest.raises(RuntimeError, match="not started: call start"):
+        _ = idle.address
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    with idle as srv:
+        assert srv.address == ("127.0.0.1", port)
+        assert get(srv, "/metrics")[0] == 200
+    with pytest.raises(urllib.error.URLError):  # stopped on exit
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    with MetricsServer(holder, port=port) as again:  # and the port is free again
+        assert get(again, "/metrics")[0] == 200
+
+
 @pytest.mark.parametrize("kwargs", [{"port": -1}, {"port": 70000}, {"stale_after": 0.0}])
 def test_rejects_bad_arguments(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):

@@ -1,4 +1,4 @@
-"""OffsetTracker: unit and property-based tests (invariant 1 of DESIGN.md)."""
+"""OffsetTracker: unit and property-based tests (invariant 1 of docs/architecture.md)."""
 
 from __future__ import annotations
 

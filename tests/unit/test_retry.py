@@ -249,7 +249,11 @@ def test_exception_type_names_lists_the_mro_dotted() -> None:
         ({"topic": "a", "max_attempts": 0}, "max_attempts"),
         ({"topic": "a", "max_attempts": True}, "max_attempts"),
         ({"topic": "a", "retry_topics": ("a",)}, "retry_topics"),
-        ({"topic_pattern": "orders.*", "retry_topics": ("orders-retry",)}, "retry_topics"),
+        ({"topic": "a", "retry_topics": ("a,b",)}, "retry_topics: 'a,b' is not a valid topic"),
+        ({"topic": "a b"}, "topic: 'a b' is not a valid topic name"),
+        ({"topic": "a", "dlq_topic": "a/dlq"}, "dlq_topic: 'a/dlq' is not a valid"),
+        ({"topic": "a", "non_retryable": ("not a type",)}, "non_retryable entries must be"),
+        ({"topic": "a", "retryable": ("x.",)}, "retryable entries must be"),
         ({"topic": "a", "retry_topics": ("r", "r")}, "retry_topics"),
         ({"topic": "a", "retry_topics": ("r",), "dlq_topic": "r"}, "dlq_topic"),
         ({"topic": "a", "retry_topics": ("r", "")}, "retry_topics"),
@@ -284,6 +288,27 @@ def test_policy_converts_lists_to_tuples() -> None:
     assert policy == RetryPolicy(
         topic="a", retry_topics=("r1", "r2"), non_retryable=("KeyError",), retryable=("ValueError",)
     )
+
+
+def test_pattern_policy_never_matches_its_own_retry_and_dlq_topics() -> None:
+    policy = RetryPolicy(
+        topic_pattern=r"orders-.*",
+        retry_topics=("orders-retry-1m", "orders-retry-10m"),
+        dlq_topic="orders-dlq",
+    )
+    assert policy.matches("orders-eu")
+    for own in ("orders-retry-1m", "orders-retry-10m", "orders-dlq"):
+        assert not policy.matches(own)
+    assert policy_for([policy], "orders-retry-1m") is None
+    assert retry_policy_for([policy], "orders-retry-1m") is policy
+    validate_policies([policy])
+    with pytest.raises(ConfigError, match="base topic of the retry policy for topic_pattern"):
+        validate_policies([RetryPolicy(topic="a", retry_topics=("orders-x",)), policy])
+
+
+def test_type_names_may_be_dotted_paths() -> None:
+    policy = RetryPolicy(topic="a", non_retryable=("ValueError", "myapp.errors.Bad_Input2"))
+    assert policy.non_retryable == ("ValueError", "myapp.errors.Bad_Input2")
 
 
 def test_validate_policies_across_policies() -> None:
