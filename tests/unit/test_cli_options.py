@@ -198,7 +198,7 @@ def test_help_shows_every_default() -> None:
     add_arguments(parser)
     text = " ".join(parser.format_help().split())
     assert "hard limit per handler call (seconds, or off) (default: off)" in text
-    assert "(default: CPU count)" in text
+    assert "(default: the CPUs this process may use)" in text
     assert "consumer group id (required)" in text
     assert "(default: false)" in text
     for action in parser._actions[1:]:
