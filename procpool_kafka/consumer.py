@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -38,10 +37,9 @@ import cloudpickle
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from procpool_kafka.batch import EndTargets
-from procpool_kafka.broker_calls import call_with_retry, checked
 from procpool_kafka.broker_health import STATS_INTERVAL_MS, BrokerHealth
 from procpool_kafka.cluster_check import check_cluster
+from procpool_kafka.committer import Committer, describe
 from procpool_kafka.config import ConsumerConfig, redact
 from procpool_kafka.dispatch import BatchSizer, Dispatcher
 from procpool_kafka.errors import (
@@ -50,11 +48,10 @@ from procpool_kafka.errors import (
     EndNotCommittedError,
     HandlerLoadError,
     KafkaCallError,
-    ProcPoolKafkaError,
     WorkerCrashed,
 )
 from procpool_kafka.librdkafka_log import with_librdkafka_logger
-from procpool_kafka.metrics import Counters, EndCommit, PartitionState, RunSummary, Snapshot
+from procpool_kafka.metrics import Counters, PartitionState, RunSummary, Snapshot
 from procpool_kafka.offsets import OffsetTracker
 from procpool_kafka.outcomes import FailureRouter
 from procpool_kafka.pausing import PauseBook, PauseReason
@@ -79,6 +76,7 @@ from procpool_kafka.retry import (
     retry_policy_for,
 )
 from procpool_kafka.supervisor import KillReason, Supervisor, running_in
+from procpool_kafka.until_end import BatchRun
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +99,10 @@ PAUSE_AFTER_FULL_SECONDS = 1.0
 RESUME_FRACTION = 0.75
 #: seconds between snapshots published for the metrics endpoint
 SNAPSHOT_INTERVAL = 1.0
-#: seconds between look-ups of the group's commits for batch targets owned by other members
-REMOTE_COMMIT_CHECK_INTERVAL = 5.0
 #: how long a drain waits on the pool per round
 DRAIN_COLLECT_SECONDS = 0.05
 #: after a drain's deadline, how long it waits for the killed work to report before giving up
 KILL_SETTLE_SECONDS = 5.0
-#: longest time a synchronous commit (revoke, stop) retries transient errors
-SYNC_COMMIT_SECONDS = 10.0
 
 
 @dataclass
@@ -166,7 +160,6 @@ class ProcPoolConsumer:
         self._draining: set[TopicPartition] = set()  # being revoked or stopped right now
         self._backpressure = False
         self._full_since: float | None = None
-        self._last_commit = 0.0
         self._pool: WorkerPool | None = None
         self._consumer: Consumer | None = None
         self._dispatcher: Dispatcher | None = None
@@ -175,13 +168,18 @@ class ProcPoolConsumer:
         self._schedule = DelaySchedule()
         self._retry_policies: list[RetryPolicy] = list(config.retry)
         self._health = BrokerHealth()
+        self._committer = Committer(
+            self._tracker,
+            self._owned,
+            config.commit_interval,
+            config.connect_timeout,
+            on_success=self._health.mark_up,
+        )
         self._snapshot: Snapshot | None = None
         self._last_snapshot = 0.0
         self._running = False
         self._force_stop = False
-        self._targets: EndTargets | None = None
-        self._wait_retries = False
-        self._last_remote_check = 0.0
+        self._batch: BatchRun | None = None  # the batch run in progress (until_end)
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -249,6 +247,7 @@ class ProcPoolConsumer:
             pool.terminate()
             raise ConfigError(f"invalid Kafka consumer settings: {error}") from error
         self._consumer = consumer
+        self._committer.attach(consumer)
         self._pauses = PauseBook(self._pause, self._resume, self._seek)
         consumer.subscribe(
             self._config.subscribed_topics(),
@@ -265,7 +264,7 @@ class ProcPoolConsumer:
 
     def _kafka_settings(self) -> dict[str, Any]:
         settings = with_librdkafka_logger(self._config.librdkafka_settings(), "consumer")
-        settings["on_commit"] = self._on_commit
+        settings["on_commit"] = self._committer.on_commit
         settings["error_cb"] = self._health.on_error
         settings["stats_cb"] = self._health.on_stats
         settings.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
@@ -287,10 +286,10 @@ class ProcPoolConsumer:
 
     def progress(self) -> tuple[int, int] | None:
         """(records handled, records to handle) of a batch run, or None outside one."""
-        if self._targets is None:
+        if self._batch is None:
             return None
         handled = sum(self._counters.succeeded.values()) + sum(self._counters.failed.values())
-        return handled, self._targets.total
+        return handled, self._batch.targets.total
 
     def close(self) -> None:
         """Leave the group and stop the workers (after ``run()`` returned, or instead of it)."""
@@ -323,14 +322,13 @@ class ProcPoolConsumer:
         self.open()
         started = time.monotonic()
         baseline = self._counters.copy()
-        self._targets = None
+        self._batch = None
         if until_end:
-            self._targets = self._end_targets()
-            self._wait_retries = wait_retries
+            self._batch = BatchRun.start(self._require_consumer(), self._config, wait_retries)
             log.info(
                 "batch run: %d records in %d partitions to reach the end",
-                self._targets.total,
-                len(self._targets.remaining()),
+                self._batch.targets.total,
+                len(self._batch.targets.remaining()),
             )
         self._running = True
         reached_end = False
@@ -338,7 +336,7 @@ class ProcPoolConsumer:
             try:
                 while not self._stop_requested.is_set():
                     self._step()
-                    if self._targets is not None and self._batch_complete():
+                    if self._batch is not None and self._batch_complete():
                         log.info("reached the end of every partition")
                         reached_end = True
                         break
@@ -352,7 +350,7 @@ class ProcPoolConsumer:
             self._stop_requested.clear()
             self._force_stop = False
             self._publish_snapshot()
-        committed = self._end_commit_report() if reached_end else None
+        committed = self._batch.commit_report() if reached_end and self._batch else None
         summary = self._counters.summary(time.monotonic() - started, since=baseline)
         summary = dataclasses.replace(summary, end_commit=committed)
         log.info("stopped: %s", summary.describe())
@@ -363,84 +361,9 @@ class ProcPoolConsumer:
             )
         return summary
 
-    # ------------------------------------------------------------------ batch mode
-
-    def _end_targets(self) -> EndTargets:
-        """End offsets now, and the group's start positions, of every subscribed partition."""
-        consumer = self._require_consumer()
-        deadline = time.monotonic() + self._config.connect_timeout
-        partitions: list[KafkaTopicPartition] = []
-        for topic in self._config.subscribed_topics():
-            metadata = call_with_retry(
-                f"metadata of topic {topic}",
-                partial(_topic_metadata, consumer, topic),
-                deadline,
-                retry_unknown_topic=True,  # a routing topic created a moment ago
-            )
-            partitions.extend(KafkaTopicPartition(topic, p) for p in sorted(metadata.partitions))
-        committed = self._group_committed(partitions, deadline)
-        targets = EndTargets()
-        for tp in partitions:
-            low, high = call_with_retry(
-                f"end offsets of {tp.topic}[{tp.partition}]",
-                partial(_watermarks, consumer, tp),
-                deadline,
-                retry_unknown_topic=True,
-            )
-            start = committed.get(TopicPartition(tp.topic, tp.partition), -1)
-            targets.add(TopicPartition(tp.topic, tp.partition), max(start, low), high)
-        return targets
-
-    def _group_committed(
-        self, partitions: list[KafkaTopicPartition], deadline: float
-    ) -> dict[TopicPartition, int]:
-        """The group's committed offsets of ``partitions`` (negative: none), retried until
-        ``deadline`` while the group coordinator is loading or moving."""
-        consumer = self._require_consumer()
-        found = call_with_retry(
-            f"committed offsets of group {self._config.group_id!r}",
-            lambda timeout: checked(consumer.committed(partitions, timeout=timeout)),
-            deadline,
-        )
-        return {TopicPartition(tp.topic, tp.partition): tp.offset for tp in found}
-
-    def _end_commit_report(self) -> EndCommit:
-        """What the group has committed of the batch targets, read back from the broker."""
-        targets = self._targets
-        assert targets is not None
-        wanted = [KafkaTopicPartition(tp.topic, tp.partition) for tp in targets.partitions()]
-        deadline = time.monotonic() + self._config.connect_timeout
-        committed = self._group_committed(wanted, deadline) if wanted else {}
-        short = tuple(
-            f"{tp.topic}[{tp.partition}] committed {committed.get(tp, -1)}, end {end}"
-            for tp, end in targets.items()
-            if committed.get(tp, -1) < end
-        )
-        return EndCommit(partitions=len(wanted), short=short)
-
     def _batch_complete(self) -> bool:
-        targets = self._targets
-        assert targets is not None
-        targets.update(self._tracker.position)
-        remaining = targets.remaining()
-        if not remaining:
-            return True
-        now = time.monotonic()
-        foreign = [tp for tp in remaining if tp not in self._owned]
-        if foreign and now - self._last_remote_check >= REMOTE_COMMIT_CHECK_INTERVAL:
-            # partitions another member owns: their commits count too
-            self._last_remote_check = now
-            try:
-                committed = self._require_consumer().committed(
-                    [KafkaTopicPartition(tp.topic, tp.partition) for tp in foreign], timeout=1.0
-                )
-            except KafkaException as error:
-                log.debug("reading the group's commits failed (trying again later): %s", error)
-                return False
-            for tp in committed:
-                if tp.error is None:
-                    targets.reach(TopicPartition(tp.topic, tp.partition), tp.offset)
-        return targets.complete
+        assert self._batch is not None
+        return self._batch.complete(self._tracker.position, self._owned)
 
     def _step(self) -> None:
         pool, consumer = self._require_pool(), self._require_consumer()
@@ -472,7 +395,7 @@ class ProcPoolConsumer:
         else:
             messages = consumer.consume(min(capacity, MAX_CONSUME_BATCH), timeout=wait)
         self._accept(messages)
-        self._commit_if_due()
+        self._committer.commit_if_due(self._require_pauses().is_paused)
 
     def _serve_work(self, collect_timeout: float) -> None:
         """The part of a loop step that a rebalance drain shares: snapshots, outcomes,
@@ -650,11 +573,9 @@ class ProcPoolConsumer:
         entry = self._inflight.get(_key(record))
         if entry is not None and entry.record is record:
             self._complete(entry)
-        waits_for_copy = self._targets is not None and self._wait_retries
-        if waits_for_copy and copy is not None and decision.route is Route.RETRY:
-            topic, partition, offset = copy  # a batch run that waits for its retries
-            assert self._targets is not None
-            self._targets.add(TopicPartition(topic, partition), offset, offset + 1)
+        if self._batch is not None and copy is not None and decision.route is Route.RETRY:
+            topic, partition, offset = copy
+            self._batch.copy_made(TopicPartition(topic, partition), offset)
 
     def _complete(self, entry: _InFlight) -> None:
         record = entry.record
@@ -712,22 +633,22 @@ class ProcPoolConsumer:
         self._counters.rebalances += 1
         self._owned.update(tps)
         self._supervisor.adopt(tps)
-        log.info("assigned: %s", _describe(tps))
+        log.info("assigned: %s", describe(tps))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         tps = {TopicPartition(p.topic, p.partition) for p in partitions}
         if not tps:
             return
         self._counters.rebalances += 1
-        log.info("revoked: %s; draining their running work", _describe(tps))
+        log.info("revoked: %s; draining their running work", describe(tps))
         self._drain(tps, self._config.revoke_timeout, KillReason.REVOKE_TIMEOUT)
-        self._commit_sync(tps)
+        self._committer.commit_sync(tps)
         self._forget(tps)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         tps = {TopicPartition(p.topic, p.partition) for p in partitions}
         self._counters.rebalances += 1
-        log.warning("lost: %s; their work is dropped without commit", _describe(tps))
+        log.warning("lost: %s; their work is dropped without commit", describe(tps))
         self._require_dispatcher().drop(tps)
         self._schedule.drop(tps)
         self._require_pool().cancel(lambda record: record.topic_partition in tps)
@@ -757,7 +678,7 @@ class ProcPoolConsumer:
                     deadline = min(deadline, now)  # a forced stop during a graceful drain
                 if now >= deadline:
                     if now >= deadline + KILL_SETTLE_SECONDS:
-                        log.error("work of %s did not settle after the kill", _describe(tps))
+                        log.error("work of %s did not settle after the kill", describe(tps))
                         break
                     for item in running_in(pool.running(), tps):
                         self._kill(reason, item)  # once per worker: pool.kill is idempotent
@@ -791,107 +712,10 @@ class ProcPoolConsumer:
             self._tracker.forget(tp)
         self._require_router().forget(tps)
 
-    # ------------------------------------------------------------------ commits
-
-    def _commit_if_due(self) -> None:
-        now = time.monotonic()
-        if now - self._last_commit < self._config.commit_interval:
-            return
-        self._last_commit = now
-        self._advance_idle_partitions()
-        due = self._tracker.commits_due(self._owned)
-        if not due:
-            return
-        offsets = [KafkaTopicPartition(tp.topic, tp.partition, pos) for tp, pos in due.items()]
-        try:
-            self._require_consumer().commit(offsets=offsets, asynchronous=True)
-        except KafkaException as error:
-            log.warning("asynchronous commit failed: %s", error)
-            return
-        for tp, position in due.items():
-            self._tracker.mark_committed(tp, position)
-
-    def _advance_idle_partitions(self) -> None:
-        """Move the commit position of idle partitions to librdkafka's position.
-
-        A transactional producer leaves commit/abort markers (and aborted records) that are
-        never delivered, so "last done + 1" can stay below the end for good. A partition whose
-        every delivered record is done (nothing pending, not paused, nothing discarded for a
-        seek back) may commit librdkafka's position: every offset below it was delivered and
-        handled, or was a marker.
-        """
-        pauses = self._require_pauses()
-        idle = [
-            tp
-            for tp in self._owned
-            if not self._tracker.pending_count(tp) and not pauses.is_paused(tp)
-        ]
-        if not idle:
-            return
-        try:
-            positions = self._require_consumer().position(
-                [KafkaTopicPartition(tp.topic, tp.partition) for tp in idle]
-            )
-        except KafkaException as error:
-            log.debug("reading positions failed: %s", error)
-            return
-        for tp in positions:
-            if tp.error is None and tp.offset >= 0:
-                self._tracker.advance_idle(TopicPartition(tp.topic, tp.partition), tp.offset)
-
-    def _commit_sync(self, tps: Iterable[TopicPartition], serve_rebalance: bool = False) -> None:
-        """Commit the positions of ``tps`` now, retrying transient errors for a bounded time.
-
-        ``serve_rebalance`` (outside a rebalance callback only): REBALANCE_IN_PROGRESS is
-        waited out by polling the consumer, which serves the rebalance.
-        """
-        offsets = []
-        for tp in tps:
-            position = self._tracker.position(tp)
-            if position is not None:
-                offsets.append(KafkaTopicPartition(tp.topic, tp.partition, position))
-        if not offsets:
-            return
-        consumer = self._require_consumer()
-        deadline = time.monotonic() + min(self._config.connect_timeout, SYNC_COMMIT_SECONDS)
-        wanted = [tp for tp in offsets if TopicPartition(tp.topic, tp.partition) in self._owned]
-
-        def commit(_timeout: float) -> None:
-            # a rebalance served meanwhile may have revoked (and committed) some of them
-            still_owned = [t for t in wanted if TopicPartition(t.topic, t.partition) in self._owned]
-            if still_owned:
-                checked(consumer.commit(offsets=still_owned, asynchronous=False))
-
-        try:
-            call_with_retry(
-                f"committing {_describe(offsets)}",
-                commit,
-                deadline,
-                retry_rebalance=serve_rebalance,
-                wait=self._serve_callbacks if serve_rebalance else time.sleep,
-            )
-        except ProcPoolKafkaError as error:
-            log.warning("synchronous commit failed: %s", error)
-            return
-        for offset in offsets:
-            self._tracker.mark_committed(
-                TopicPartition(offset.topic, offset.partition), offset.offset
-            )
-
     def _serve_callbacks(self, seconds: float) -> None:
         """Poll for ``seconds`` so that librdkafka serves rebalances (records of paused
         partitions that still arrive are discarded and fetched again later)."""
         self._accept(self._require_consumer().consume(1, timeout=seconds))
-
-    def _on_commit(self, error: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
-        if error is None:
-            self._health.mark_up()
-            return
-        if error.code() == KafkaError._NO_OFFSET:
-            return
-        log.warning("commit of %s failed: %s; will retry", _describe(partitions), error.str())
-        for tp in partitions:
-            self._tracker.commit_failed(TopicPartition(tp.topic, tp.partition))
 
     # ------------------------------------------------------------------ stopping
 
@@ -903,7 +727,7 @@ class ProcPoolConsumer:
         if owned:
             self._require_pauses().pause(owned, PauseReason.STOPPING)
             self._drain(owned, timeout, KillReason.STOP_TIMEOUT)
-            self._commit_sync(owned, serve_rebalance=True)
+            self._committer.commit_sync(owned, serve=self._serve_callbacks)
 
     def _shutdown_interruptibly(self) -> None:
         """``_shutdown``; a KeyboardInterrupt meanwhile forces it (running work is killed)."""
@@ -1022,23 +846,3 @@ class ProcPoolConsumer:
     def __repr__(self) -> str:
         settings = redact(self._config.kafka_config)
         return f"ProcPoolConsumer(group={self._config.group_id!r}, kafka_config={settings})"
-
-
-def _describe(partitions: Iterable[Any]) -> str:
-    items = sorted(f"{p.topic}[{p.partition}]" for p in partitions)
-    return ", ".join(items) if items else "(none)"
-
-
-def _topic_metadata(consumer: Consumer, topic: str, timeout: float) -> Any:
-    """The metadata of ``topic``; its error (e.g. LEADER_NOT_AVAILABLE) raised."""
-    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-    if metadata is None:
-        raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic}"))
-    if metadata.error is not None:
-        raise KafkaException(metadata.error)
-    return metadata
-
-
-def _watermarks(consumer: Consumer, tp: KafkaTopicPartition, timeout: float) -> tuple[int, int]:
-    low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-    return int(low), int(high)
