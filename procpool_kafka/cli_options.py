@@ -484,6 +484,7 @@ FLAG_OF_SETTING: dict[str, str] = {
     "batch_size": "batch-size",
     "connect_timeout": "connect-timeout",
     "broker_timeout": "broker-timeout",
+    "group_protocol": "group-protocol",
     "kafka_config": "kafka-config",
     "retry_topics": "retry-topic",
     "dlq_topic": "dlq-topic",

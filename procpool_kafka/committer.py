@@ -49,6 +49,8 @@ class Committer:
         self._on_success = on_success
         self._consumer: Consumer | None = None
         self._last_commit = 0.0
+        self._async_pending = 0  # asynchronous commits not yet reported by on_commit
+        self._in_sync_commit = False  # on_commit now reports the synchronous commit
 
     def attach(self, consumer: Consumer) -> None:
         """The Kafka consumer to commit through (made after this, with on_commit in it)."""
@@ -75,6 +77,7 @@ class Committer:
         except KafkaException as error:
             log.warning("asynchronous commit failed: %s", error)
             return
+        self._async_pending += 1
         for tp, position in due.items():
             self._tracker.mark_committed(tp, position)
 
@@ -127,7 +130,14 @@ class Committer:
             # a rebalance served meanwhile may have revoked (and committed) some of them
             still_owned = [t for t in wanted if TopicPartition(t.topic, t.partition) in owned]
             if still_owned:
-                checked(consumer.commit(offsets=still_owned, asynchronous=False))
+                self._in_sync_commit = True
+                try:
+                    checked(consumer.commit(offsets=still_owned, asynchronous=False))
+                finally:
+                    self._in_sync_commit = False
+
+        if serve is not None:
+            self._settle_async(serve, deadline)
 
         try:
             call_with_retry(
@@ -145,8 +155,22 @@ class Committer:
                 TopicPartition(offset.topic, offset.partition), offset.offset
             )
 
+    def _settle_async(self, serve: Callable[[float], None], deadline: float) -> None:
+        """Wait (serving callbacks) until earlier asynchronous commits are reported.
+
+        An asynchronous commit queued while the coordinator was away can reach the broker
+        after a later synchronous one and move the group's offsets back (seen after a broker
+        restart: the final commit read back complete, then the old offsets again).
+        """
+        while self._async_pending > 0 and time.monotonic() < deadline:
+            serve(0.1)
+        if self._async_pending > 0:
+            log.warning("%d asynchronous commits still unanswered", self._async_pending)
+
     def on_commit(self, error: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
-        """librdkafka's commit callback (served inside consume())."""
+        """librdkafka's commit callback (served inside consume(); also for sync commits)."""
+        if not self._in_sync_commit:
+            self._async_pending = max(0, self._async_pending - 1)
         if error is None:
             self._on_success()
             return

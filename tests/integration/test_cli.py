@@ -198,14 +198,19 @@ def test_handler_errors_exit_2_with_one_line(
         (["-X", "enable.auto.commit=true"], "--kafka-config (from flag): enable.auto.commit=true"),
         (["--log-format", "xml"], "--log-format must be text or json"),
         (["--config", "/nonexistent.toml"], "does not exist"),
-        (["--group-protocol", "kip848"], "group_protocol must be 'classic' or 'consumer'"),
+        (
+            ["--group-protocol", "kip848"],
+            "--group-protocol (from flag): must be 'classic' or 'consumer', got 'kip848'",
+        ),
         (
             ["--group-protocol", "consumer", "-X", "session.timeout.ms=6000"],
-            "kafka_config['session.timeout.ms'] is not supported with group_protocol='consumer'",
+            "--kafka-config (from flag): session.timeout.ms is not supported with "
+            "group_protocol='consumer': it is broker-side",
         ),
         (
             ["-X", "group.protocol=consumer", "-X", "partition.assignment.strategy=range"],
-            "'partition.assignment.strategy'] is not supported with group_protocol='consumer'",
+            "--kafka-config (from flag): partition.assignment.strategy is not supported with "
+            "group_protocol='consumer'",
         ),
     ],
 )
