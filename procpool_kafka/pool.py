@@ -113,7 +113,7 @@ from loky.backend.context import get_context
 from procpool_kafka import awaitables
 from procpool_kafka.awaitables import AwaitableRunner
 from procpool_kafka.errors import ConfigError, HandlerLoadError
-from procpool_kafka.records import Record
+from procpool_kafka.records import HandlerError, Record, RunningRecord, exception_type_names
 
 __all__ = [
     "HandlerError",
@@ -179,17 +179,6 @@ _record_to_tuple: Callable[[Record], tuple[Any, ...]] = tuple
 
 
 @dataclass(frozen=True, slots=True)
-class HandlerError:
-    """What a handler raised, as strings only (so any exception can be reported)."""
-
-    type_name: str
-    message: str
-    traceback: str
-    #: the exception's class and its bases, dotted, most derived first (for retry policies)
-    type_names: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class RecordFinished:
     """The handler returned (``error`` is None) or raised (``error`` set).
 
@@ -221,17 +210,6 @@ class RecordAborted:
 
 
 PoolEvent = RecordFinished | RecordAborted
-
-
-@dataclass(frozen=True, slots=True)
-class RunningRecord:
-    """A record a worker is running now (``time.monotonic()`` values)."""
-
-    pid: int
-    task_id: int
-    record: Record
-    started_at: float
-    last_heartbeat: float
 
 
 # --------------------------------------------------------------------------- parent-side state
@@ -1332,11 +1310,7 @@ def _describe(exc: BaseException) -> tuple[list[str], str, str]:
     The type names are the dotted names of its class and bases, most derived first.
     """
     cls = type(exc)
-    type_names = [
-        f"{base.__module__}.{base.__qualname__}"
-        for base in cls.__mro__
-        if isinstance(base, type) and issubclass(base, BaseException)
-    ]
+    type_names = exception_type_names(cls)
     type_name = type_names[0]
     try:
         message = str(exc)
