@@ -611,7 +611,7 @@ class WorkerPool:
         worker.state = _State.RETIRING
         worker.deadline = time.monotonic() + _RETIRE_GRACE
         worker.outq.clear()
-        self._requeue_unstarted(worker, [])
+        self._requeue_unstarted(worker)
         self._restarts["recycled"] += 1
         self._ensure_workers()
 
@@ -674,7 +674,6 @@ class WorkerPool:
         """Turn the dead worker's slot into events; requeue what it never started."""
         slot_task = self._shm.get(worker.seat, TASK)
         progress = int(self._shm.get(worker.seat, PROGRESS))
-        requeue: list[_Task] = []
         for assignment in worker.assigned:
             task = assignment.task
             records = task.records
@@ -699,15 +698,8 @@ class WorkerPool:
                         next_index = max(next_index, index + 1)
                     elif index < assignment.reported:
                         next_index = max(next_index, index + 1)
-            rest = records[next_index:]
-            if not rest:
-                continue
-            if task.cancelled:
-                self._outstanding -= len(rest)
-            else:
-                requeue.append(_Task(task.id, rest))
-        worker.assigned.clear()
-        self._pending.extendleft(reversed(requeue))
+            assignment.reported = next_index  # the records before it have their event
+        self._requeue_unstarted(worker)
 
     @staticmethod
     def _collateral(worker: _Worker, killed: bool, task_id: int, record: Record) -> bool:
@@ -717,7 +709,10 @@ class WorkerPool:
             return False
         return target[0] != task_id or target[1] is not record
 
-    def _requeue_unstarted(self, worker: _Worker, requeue: list[_Task]) -> None:
+    def _requeue_unstarted(self, worker: _Worker) -> None:
+        """Put the records of the worker's tasks that have no event yet at the front of
+        pending (same task ids); drop those of cancelled tasks. The worker holds nothing."""
+        requeue: list[_Task] = []
         for assignment in worker.assigned:
             rest = assignment.task.records[assignment.reported :]
             if not rest:
