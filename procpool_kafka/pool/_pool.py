@@ -123,7 +123,7 @@ class WorkerPool:
     """A pool of worker processes running ``handler`` on batches of records.
 
     Not thread-safe: every method is meant to be called from one thread (the
-    consumer loop). See the module docstring for the data flow.
+    consumer loop). See the docstring of procpool_kafka.pool for the data flow.
     """
 
     def __init__(
