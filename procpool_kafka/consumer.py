@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -55,15 +55,18 @@ from procpool_kafka.metrics import Counters, PartitionState, RunSummary, Snapsho
 from procpool_kafka.offsets import OffsetTracker
 from procpool_kafka.outcomes import FailureRouter
 from procpool_kafka.pausing import PauseBook, PauseReason
-from procpool_kafka.pool import (
+from procpool_kafka.pool import PoolEvent, RecordAborted, RecordFinished, WorkerPool
+from procpool_kafka.records import (
     HandlerError,
-    PoolEvent,
-    RecordAborted,
-    RecordFinished,
+    Record,
+    RecordId,
     RunningRecord,
-    WorkerPool,
+    TopicPartition,
+    message_headers,
+    now_ms,
+    record_from_message,
+    record_id,
 )
-from procpool_kafka.records import Record, TopicPartition, message_headers, record_from_message
 from procpool_kafka.retry import (
     Decision,
     DelaySchedule,
@@ -71,7 +74,6 @@ from procpool_kafka.retry import (
     RetryInfo,
     RetryPolicy,
     Route,
-    exception_type_names,
     read_retry_headers,
     retry_policy_for,
 )
@@ -81,7 +83,6 @@ from procpool_kafka.until_end import BatchRun
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Record], object]
-RecordKey = tuple[str, int, int]
 
 #: consume() timeout while the pool has work (outcomes are collected between polls)
 BUSY_POLL_SECONDS = 0.01
@@ -115,22 +116,6 @@ class _InFlight:
     retry_info: RetryInfo | None = None  # what its retry headers said (retry topics only)
 
 
-def _key(record: Record) -> RecordKey:
-    return (record.topic, record.partition, record.offset)
-
-
-def _failure(failure_type: type[BaseException], message: str) -> HandlerError:
-    return HandlerError(
-        type_name=f"{failure_type.__module__}.{failure_type.__qualname__}",
-        message=message,
-        traceback="",
-    )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class ProcPoolConsumer:
     """Consume topics and run ``handler(record)`` for each record in a process pool.
 
@@ -155,7 +140,7 @@ class ProcPoolConsumer:
         self._tracker = OffsetTracker()
         self._supervisor = Supervisor(config.task_timeout, config.heartbeat_timeout)
         self._sizer = BatchSizer(config.batch_size, config.max_batch_size)
-        self._inflight: dict[RecordKey, _InFlight] = {}
+        self._inflight: dict[RecordId, _InFlight] = {}
         self._owned: set[TopicPartition] = set()
         self._draining: set[TopicPartition] = set()  # being revoked or stopped right now
         self._backpressure = False
@@ -378,7 +363,7 @@ class ProcPoolConsumer:
         wait = IDLE_POLL_SECONDS
         next_due = self._schedule.next_due_ms()
         if next_due is not None:
-            wait = min(wait, max(0.0, (next_due - _now_ms()) / 1000))
+            wait = min(wait, max(0.0, (next_due - now_ms()) / 1000))
         if capacity <= 0 and not self._backpressure:
             # full: take nothing more for now, wait for outcomes (see PAUSE_AFTER_FULL_SECONDS)
             self._handle_events(pool.collect(min(wait, BUSY_POLL_SECONDS * 5)))
@@ -441,7 +426,7 @@ class ProcPoolConsumer:
             self._tracker.received(tp, offset)
             self._inflight[(topic, partition, offset)] = _InFlight(record, retry_info=retry_info)
             self._counters.consumed[topic] += 1
-            if retry_info is not None and retry_info.not_before_ms > _now_ms():
+            if retry_info is not None and retry_info.not_before_ms > now_ms():
                 # not due: hold it here and pause its partition until it is
                 log.debug("holding %r until %d", record, retry_info.not_before_ms)
                 self._schedule.hold(tp, record, retry_info.not_before_ms)
@@ -454,9 +439,9 @@ class ProcPoolConsumer:
         policy = retry_policy_for(self._retry_policies, topic)
         if policy is None:
             return None
-        now_ms = _now_ms()
+        now = now_ms()
         try:
-            return read_retry_headers(message_headers(message), now_ms, policy.backoff.max_delay)
+            return read_retry_headers(message_headers(message), now, policy.backoff.max_delay)
         except MalformedRetryHeaders as error:
             log.warning(
                 "%s[%s]@%s has malformed retry headers (%s); treating it as its last attempt",
@@ -465,13 +450,13 @@ class ProcPoolConsumer:
                 message.offset(),
                 error,
             )
-            return RetryInfo(policy.max_attempts, now_ms, None, None, None, None)
+            return RetryInfo(policy.max_attempts, now, None, None, None, None)
 
     def _release_due(self) -> None:
         """Dispatch held retry records whose not-before passed; resume their partitions."""
         if not len(self._schedule):
             return
-        due = self._schedule.pop_due(_now_ms())
+        due = self._schedule.pop_due(now_ms())
         for record in due:
             log.debug("%r is due", record)
             self._require_dispatcher().enqueue(record)
@@ -489,7 +474,7 @@ class ProcPoolConsumer:
 
     def _submitted(self, task_id: int, records: list[Record]) -> None:
         for record in records:
-            entry = self._inflight.get(_key(record))
+            entry = self._inflight.get(record_id(record))
             if entry is not None:
                 entry.task_id = task_id
 
@@ -497,7 +482,7 @@ class ProcPoolConsumer:
 
     def _handle_events(self, events: Iterable[PoolEvent]) -> None:
         for event in events:
-            entry = self._inflight.get(_key(event.record))
+            entry = self._inflight.get(record_id(event.record))
             if entry is None or entry.task_id != event.task_id:
                 continue  # an outcome of an earlier assignment or dispatch: fenced
             if isinstance(event, RecordFinished):
@@ -507,9 +492,7 @@ class ProcPoolConsumer:
                     self._counters.succeeded[event.record.topic] += 1
                     self._complete(entry)
                 else:
-                    self._fail(
-                        entry, event.error, event.error.type_names or [event.error.type_name]
-                    )
+                    self._fail(entry, event.error)
             else:
                 self._on_aborted(entry, event)
 
@@ -522,11 +505,11 @@ class ProcPoolConsumer:
                 reason = None
             failure = reason.failure if reason is not None else None
             if failure is not None:
-                error = _failure(failure, f"worker {event.pid} killed: {event.reason}")
-                self._fail(entry, error, exception_type_names(failure))
+                error = HandlerError.of_type(failure, f"worker {event.pid} killed: {event.reason}")
+                self._fail(entry, error)
             else:
                 # killed at a revoke, stop or loss deadline: not done, the next owner runs it
-                self._inflight.pop(_key(record), None)
+                self._inflight.pop(record_id(record), None)
             return
         self._counters.worker_crashes += 1
         if event.cancelled or record.topic_partition in self._draining:
@@ -538,14 +521,14 @@ class ProcPoolConsumer:
                 event.reason,
                 record,
             )
-            self._inflight.pop(_key(record), None)
+            self._inflight.pop(record_id(record), None)
             return
         entry.crashes += 1
         if entry.crashes >= self._config.crash_limit:
             message = (
                 f"worker died {entry.crashes} times running this record (last: {event.reason})"
             )
-            self._fail(entry, _failure(WorkerCrashed, message), exception_type_names(WorkerCrashed))
+            self._fail(entry, HandlerError.of_type(WorkerCrashed, message))
             return
         log.warning(
             "worker %d died (%s) running %r; dispatching it again (%d/%d)",
@@ -558,19 +541,17 @@ class ProcPoolConsumer:
         entry.task_id = None
         self._require_dispatcher().requeue_front(record)
 
-    def _fail(self, entry: _InFlight, error: HandlerError, error_types: Sequence[str]) -> None:
+    def _fail(self, entry: _InFlight, error: HandlerError) -> None:
         """A handler attempt failed: the router copies it to a retry or dead-letter topic.
 
         The record stays in flight (its offset not done) until the copy is acknowledged.
         """
         entry.task_id = None
-        self._require_router().route(entry.record, error, error_types, entry.retry_info)
+        self._require_router().route(entry.record, error, entry.retry_info)
 
-    def _routed(
-        self, record: Record, decision: Decision, copy: tuple[str, int, int] | None
-    ) -> None:
+    def _routed(self, record: Record, decision: Decision, copy: RecordId | None) -> None:
         """The failed record's copy was acknowledged (or it needs none): its offset is done."""
-        entry = self._inflight.get(_key(record))
+        entry = self._inflight.get(record_id(record))
         if entry is not None and entry.record is record:
             self._complete(entry)
         if self._batch is not None and copy is not None and decision.route is Route.RETRY:
@@ -579,7 +560,7 @@ class ProcPoolConsumer:
 
     def _complete(self, entry: _InFlight) -> None:
         record = entry.record
-        self._inflight.pop(_key(record), None)
+        self._inflight.pop(record_id(record), None)
         self._tracker.done(record.topic_partition, record.offset)
 
     # ------------------------------------------------------------------ supervision
@@ -667,7 +648,7 @@ class ProcPoolConsumer:
         """
         pool = self._require_pool()
         for record in [*self._require_dispatcher().drop(tps), *self._schedule.drop(tps)]:
-            self._inflight.pop(_key(record), None)
+            self._inflight.pop(record_id(record), None)
         pool.cancel(lambda record: record.topic_partition in tps)
         self._draining |= tps
         deadline = time.monotonic() + timeout

@@ -33,8 +33,15 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from procpool_kafka.errors import ConfigError, ProducerFailedError
 from procpool_kafka.metrics import Counters
-from procpool_kafka.pool import HandlerError
-from procpool_kafka.records import Headers, Record, TopicPartition
+from procpool_kafka.records import (
+    HandlerError,
+    Headers,
+    Record,
+    RecordId,
+    TopicPartition,
+    now_ms,
+    record_id,
+)
 from procpool_kafka.retry import (
     Decision,
     RetryInfo,
@@ -56,10 +63,6 @@ PRODUCE_RETRY_MAX_S = 30.0
 MAX_PRODUCER_REPLACEMENTS = 3
 
 ProducerFactory = Callable[[dict[str, Any]], Producer]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _log_retry(copy: _Copy) -> None:
@@ -91,7 +94,7 @@ class _Copy:
 
 #: done(record, decision, copy): the record's offset may count as done; ``copy`` is the
 #: (topic, partition, offset) of its acknowledged copy, or None when no copy was written
-DoneCallback = Callable[[Record, Decision, tuple[str, int, int] | None], None]
+DoneCallback = Callable[[Record, Decision, RecordId | None], None]
 
 
 class FailureRouter:
@@ -118,7 +121,7 @@ class FailureRouter:
         self._generation = 0  # bumped when the producer is replaced: fences late reports
         self._fatal: KafkaError | None = None  # a fatal error not yet acted on
         self._fatal_in_a_row = 0
-        self._copies: dict[tuple[str, int, int], _Copy] = {}
+        self._copies: dict[RecordId, _Copy] = {}
 
     # ------------------------------------------------------------------ routing
 
@@ -130,20 +133,19 @@ class FailureRouter:
         self,
         record: Record,
         error: HandlerError,
-        error_types: Sequence[str],
         retry_info: RetryInfo | None,
     ) -> None:
         """Send ``record`` where its policy says; ``done`` is called once it is safe."""
-        now_ms = _now_ms()
-        decision = decide(self.policy_of(record.topic), record.attempt, error_types, now_ms)
+        now = now_ms()
+        decision = decide(self.policy_of(record.topic), record.attempt, error.type_names, now)
         self._counters.failed[record.topic] += 1
         if decision.route is Route.DROP:
             self._log_failure(record, error, "no dead-letter topic: marking it done")
             self._done(record, decision, None)
             return
-        headers = self._headers(record, error, decision, retry_info, now_ms)
+        headers = self._headers(record, error, decision, retry_info, now)
         copy = _Copy(record, decision, headers, error, retry_info)
-        self._copies[(record.topic, record.partition, record.offset)] = copy
+        self._copies[record_id(record)] = copy
         if decision.route is Route.DEAD_LETTER:
             self._log_failure(record, error, f"sending it to dead-letter topic {decision.topic}")
         self._produce(copy)  # a retry is logged once its copy is acknowledged
@@ -158,7 +160,7 @@ class FailureRouter:
     ) -> Headers:
         policy = self.policy_of(record.topic)
         assert policy is not None
-        original = (record.topic, record.partition, record.offset)
+        original = record_id(record)
         first_failure: int | None = None
         if retry_info is not None:
             if (
@@ -295,7 +297,7 @@ class FailureRouter:
         if generation != self._generation:
             return  # a report of a replaced producer: the copy was produced again
         copy.in_flight = False
-        key = (copy.record.topic, copy.record.partition, copy.record.offset)
+        key = record_id(copy.record)
         if self._copies.get(key) is not copy:
             return  # the partition was revoked meanwhile: its outcome no longer counts
         if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
@@ -338,7 +340,7 @@ class FailureRouter:
 
     def _too_large(self, copy: _Copy) -> None:
         """The broker will never take this copy: dead-letter it, or report it and move on."""
-        key = (copy.record.topic, copy.record.partition, copy.record.offset)
+        key = record_id(copy.record)
         policy = self.policy_of(copy.record.topic)
         if copy.decision.route is Route.RETRY and policy is not None and policy.dlq_topic:
             log.error(
@@ -348,7 +350,7 @@ class FailureRouter:
             decision = Decision(Route.DEAD_LETTER, policy.dlq_topic, copy.record.attempt, None)
             copy.decision = decision
             smaller = dataclasses.replace(copy.error, traceback="")  # keep the copy small
-            copy.headers = self._headers(copy.record, smaller, decision, copy.retry_info, _now_ms())
+            copy.headers = self._headers(copy.record, smaller, decision, copy.retry_info, now_ms())
             self._produce(copy)
             return
         del self._copies[key]

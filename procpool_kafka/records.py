@@ -1,16 +1,24 @@
-"""Record: the picklable view of a Kafka message that the handler receives.
+"""The shared data types: Record (what a handler receives), RecordId, HandlerError, RunningRecord.
 
 confluent-kafka ``Message`` objects cannot cross a process boundary, so the
-consumer converts each one into a :class:`Record` before dispatching it.
+consumer converts each one into a :class:`Record` before dispatching it. The
+pool reports what a handler raised as a :class:`HandlerError` and what a worker
+is running as a :class:`RunningRecord`; the consumer, the supervisor and the
+failure router read them without importing the pool.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 #: (name, value) pairs; a list in every Record the consumer builds
 Headers = Sequence[tuple[str, bytes]]
+
+#: (topic, partition, offset): what identifies one record (or the copy of one)
+RecordId = tuple[str, int, int]
 
 
 class TopicPartition(NamedTuple):
@@ -77,3 +85,54 @@ def record_from_message(message: Any, attempt: int = 1) -> Record:
         timestamp=timestamp if timestamp_type != 0 else None,
         attempt=attempt,
     )
+
+
+def record_id(record: Record) -> RecordId:
+    """The (topic, partition, offset) of ``record``."""
+    return (record.topic, record.partition, record.offset)
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds (the unit of timestamps and retry headers)."""
+    return int(time.time() * 1000)
+
+
+def exception_type_names(exc_type: type[BaseException]) -> list[str]:
+    """Dotted names of ``exc_type`` and its bases, most derived first (the input of ``decide``).
+
+    >>> exception_type_names(KeyError)
+    ['builtins.KeyError', 'builtins.LookupError', 'builtins.Exception', 'builtins.BaseException']
+    """
+    return [
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in exc_type.__mro__
+        if issubclass(cls, BaseException)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerError:
+    """What a handler raised, as strings only (so any exception can be reported)."""
+
+    type_name: str
+    message: str
+    traceback: str
+    #: the exception's class and its bases, dotted, most derived first (for retry policies)
+    type_names: tuple[str, ...]
+
+    @classmethod
+    def of_type(cls, exc_type: type[BaseException], message: str) -> HandlerError:
+        """A failure of type ``exc_type`` that no handler raised (no traceback)."""
+        names = exception_type_names(exc_type)
+        return cls(names[0], message, "", tuple(names))
+
+
+@dataclass(frozen=True, slots=True)
+class RunningRecord:
+    """A record a worker is running now (``time.monotonic()`` values)."""
+
+    pid: int
+    task_id: int
+    record: Record
+    started_at: float
+    last_heartbeat: float

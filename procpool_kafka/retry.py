@@ -62,7 +62,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from procpool_kafka.errors import ConfigError
-from procpool_kafka.records import Headers, Record, TopicPartition
+from procpool_kafka.records import Headers, Record, TopicPartition, exception_type_names
 from procpool_kafka.topic_names import require_topic_name
 
 __all__ = [
@@ -245,19 +245,6 @@ def _name_matches(configured: str, dotted: str) -> bool:
     if configured == dotted:
         return True
     return "." not in configured and dotted.rsplit(".", 1)[-1] == configured
-
-
-def exception_type_names(exc_type: type[BaseException]) -> list[str]:
-    """Dotted names of ``exc_type`` and its bases, most derived first (the input of ``decide``).
-
-    >>> exception_type_names(KeyError)
-    ['builtins.KeyError', 'builtins.LookupError', 'builtins.Exception', 'builtins.BaseException']
-    """
-    return [
-        f"{cls.__module__}.{cls.__qualname__}"
-        for cls in exc_type.__mro__
-        if issubclass(cls, BaseException)
-    ]
 
 
 @dataclass(frozen=True)

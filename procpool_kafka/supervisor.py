@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from procpool_kafka.errors import RecordFailure, TaskTimeout, WorkerLost
-from procpool_kafka.pool import RunningRecord
-from procpool_kafka.records import TopicPartition
+from procpool_kafka.records import RunningRecord, TopicPartition
 
 
 class KillReason(StrEnum):

@@ -12,8 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from procpool_kafka.errors import ProducerFailedError
 from procpool_kafka.metrics import Counters
 from procpool_kafka.outcomes import MAX_PRODUCER_REPLACEMENTS, FailureRouter
-from procpool_kafka.pool import HandlerError
-from procpool_kafka.records import Record
+from procpool_kafka.records import HandlerError, Record
 from procpool_kafka.retry import Decision, RetryPolicy
 
 Report = Callable[[KafkaError | None, Any], None]
@@ -86,7 +85,7 @@ class Harness:
     def fail(self, offset: int) -> Record:
         record = Record("orders", 0, offset, None, b"v")
         error = HandlerError("ValueError", "bad", "", ("ValueError",))
-        self.router.route(record, error, ["ValueError"], None)
+        self.router.route(record, error, None)
         return record
 
 

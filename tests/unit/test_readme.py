@@ -131,6 +131,9 @@ def test_architecture_doc_names_existing_modules_and_tests() -> None:
     for test_id in re.findall(r"tests/[\w/]+\.py::\w+", text):
         path, name = test_id.split("::")
         assert f"def {name}(" in (REPO / path).read_text(encoding="utf-8"), test_id
-    listed = set(re.findall(r"^  (\w+\.py) ", text, flags=re.MULTILINE))
-    modules = {path.name for path in (REPO / "procpool_kafka").glob("*.py")} - {"_version.py"}
+    listed = set(re.findall(r"^  ((?:\w+/)?\w+\.py) ", text, flags=re.MULTILINE))
+    package = REPO / "procpool_kafka"
+    # a subpackage's modules are listed with its prefix: pool/_wire.py
+    paths = [*package.glob("*.py"), *package.glob("*/*.py")]
+    modules = {path.relative_to(package).as_posix() for path in paths} - {"_version.py"}
     assert listed == modules, "the module layout lists every module, and only those"

@@ -1,240 +1,63 @@
-"""WorkerPool: a process pool that owns its workers, one pipe and one shared-memory slot each.
+"""The parent side of the pool: WorkerPool, the state machine of its workers and tasks.
 
-The pool runs the user's handler on batches of records ("tasks") in worker
-processes started with loky's process backend (fork+exec, safe in a process
-that already runs librdkafka threads). It is not loky's executor: killing one
-worker costs only the record that worker was running.
-
-Data flow::
-
-    caller thread (the consumer loop)                      worker process (one per seat)
-    ---------------------------------                      ------------------------------
-    submit(records) -> pending deque                        _worker_main():
-         |                                                   prctl(PDEATHSIG); SIGINT, SIGTERM:
-         |                                                   no-op handlers (the parent stops)
-         v                                                   cloudpickle.loads(handler) once
-    _dispatch(): each READY worker holds <= 2 tasks         "ready" ------------------------+
-    (1 running + 1 ahead), frames sent with                                                 |
-    MSG_DONTWAIT; what does not fit waits in the            for each task from the inbox:   |
-    worker's out-queue (EVENT_WRITE)                          for each record:              |
-         |                                                      cancel mark? stop flag?     |
-         |  socketpair: (task_id, [record tuples]) ------->     slot: task, start, RUNNING  |
-         |                                                      handler(record) (awaited    |
-         |                                                        if it returns awaitable)  |
-         |  <---- progress: (task_id, first index,              slot: DONE                  |
-         |        [ok durations], failure|None, done)           failure -> sent at once     |
-         |        retiring: (reason,)                           ok -> buffered, sent at the |
-         |                                                        end of the task or 20 ms  |
-         |  give back N? (idle worker, nothing pending) -->   inbox thread: reads the pipe  |
-         |  <---- returned N (unstarted, removed) |           while a handler runs; answers |
-         |        started N (already taken)                   give-back requests            |
-         v                                                                                  |
-    collect(timeout): epoll on sockets, process                                             |
-    sentinels and a wake-up pipe:                           heartbeat thread ---------------+
-      progress  -> RecordFinished events                     stamps slot[HEARTBEAT]         |
-      returned  -> front of pending, same task id
-      sentinel  -> drain socket, read slot:                                                 |
-                   done-but-unreported -> RecordFinished      shared memory (memfd of       |
-                   running             -> RecordAborted       doubles, one 16-field slot    |
-                   unstarted           -> front of pending    per seat, no lock) <----------+
-      retire deadlines -> SIGKILL                            parent writes: cancel marks,
-      replacements -> spawner thread                         stop flag; reads: running()
-
-    spawner thread (ONE, long-lived): starts every worker process, so that
-    PR_SET_PDEATHSIG (tied to the forking *thread*) only fires when the pool,
-    or the whole consumer process, goes away. It wakes collect() through a pipe
-    when a process has been started; the worker becomes usable on its "ready".
-
-The slot's ``PROGRESS`` field encodes where the worker is in its current task
-with a single store: ``0`` at the start of a task, ``2*i + 1`` while record
-``i`` runs, ``2*i + 2`` once record ``i`` returned. A failed record is sent to
-the parent *before* its DONE store; OK records are buffered. So when a worker
-dies, the parent drains the socket and then knows exactly which records of the
-running task finished (reported or not), which one was running (aborted) and
-which never started (requeued at the front of ``pending``, keeping their task
-id so events still match the caller's bookkeeping). Reads of the slot while
-the worker is alive (``running()``) use a sequence counter (seqlock).
-
-Work stealing: a worker whose handler is stuck (a sleep, a long computation)
-would keep its prefetched task while other workers idle. So when a worker is
-idle and nothing is pending, the pool asks a busy worker to give back a task
-queued behind its running one (one request per task; see ``_steal``). The
-worker's inbox thread answers even while the main thread is inside the
-handler: "returned N" (N was still queued; removed, it will not run there; the
-parent puts it at the front of ``pending`` with the same id) or "started N"
-(nothing changes). Both threads take tasks from the worker's queue under one
-worker-local lock, so a task runs where it was sent or is given back, never
-both. A worker wedged in C code holding the GIL cannot answer: nothing is
-stolen from it; if it dies, a request still unanswered changes nothing, since
-the death path reads the slot as usual (a task given back but not reported
-never started, so it is requeued then).
-
-Workers recycle themselves (``max_tasks_per_worker``, ``max_worker_rss_mb``)
-between tasks: they report, send "retiring" and exit; a replacement starts at
-once. Seats are twice the worker count so that a replacement never waits for a
-slow exit.
+It owns every decision about tasks and workers: what is pending, which worker holds
+which task (``_Assignment``) and how far it reported, each worker's state (``_State``),
+the selector over the workers' sockets, their process sentinels and the spawner's wake-up
+pipe, dispatch and work stealing, and what a dead worker's slot means (events and
+requeues). It reads the workers' messages (``_wire``) and their slots (``_slots``),
+asks the spawner for processes (``_spawner``) and never runs user code.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
 import enum
-import inspect
 import itertools
 import logging
-import mmap
 import os
-import pickle
 import selectors
 import signal
 import socket
-import struct
-import sys
-import tempfile
-import threading
 import time
-import traceback
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from multiprocessing.context import get_spawning_popen
 from types import TracebackType
 from typing import Any
 
 import cloudpickle
 import psutil
-from loky.backend.context import get_context
 
-from procpool_kafka import awaitables
-from procpool_kafka.awaitables import AwaitableRunner
 from procpool_kafka.errors import ConfigError, HandlerLoadError
-from procpool_kafka.records import Record
+from procpool_kafka.pool._events import PoolEvent, RecordAborted, RecordFinished
+from procpool_kafka.pool._slots import PROGRESS, STARTED, TASK, SharedSlots
+from procpool_kafka.pool._spawner import Spawned, Spawner
+from procpool_kafka.pool._wire import (
+    RECV_CHUNK,
+    Failure,
+    WorkerMessage,
+    decode,
+    encode,
+    record_to_tuple,
+)
+from procpool_kafka.pool._worker import WorkerConfig, one_line
+from procpool_kafka.records import HandlerError, Record, RunningRecord
 
-__all__ = [
-    "HandlerError",
-    "PoolEvent",
-    "RecordAborted",
-    "RecordFinished",
-    "RunningRecord",
-    "WorkerPool",
-]
-
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("procpool_kafka.pool")  # the name it had as one module
 
 PREFETCH_DEPTH = 2
 """Tasks a worker holds at most: the running one and one ahead."""
 
-_MAX_MESSAGE_CHARS = 4096
-_MAX_TRACEBACK_CHARS = 64 * 1024
-_OK_FLUSH_INTERVAL = 0.02
 _LIVENESS_SWEEP_INTERVAL = 1.0
 _RETIRE_GRACE = 5.0
-_RECV_CHUNK = 64 * 1024
-
-# Shared-memory slot layout (float64 fields; task ids are exact below 2**53).
-_HEARTBEAT = 0
-_SEQ = 1  # odd while the worker rewrites TASK/STARTED/PROGRESS for a new record
-_TASK = 2
-_PROGRESS = 3  # 0: task started; 2*i+1: record i running; 2*i+2: record i done
-_STARTED = 4
-_STOP = 5  # parent -> worker: exit before the next record
-_CANCEL = 6  # parent -> worker: _CANCEL.._CANCEL+_CANCEL_MARKS-1 hold cancelled task ids
-_CANCEL_MARKS = 4
-_SLOT_FIELDS = 16  # padded to 128 bytes
-
-# Messages worker -> parent (pickled tuples, tag first).
-_MSG_READY = 0  # (tag, pid)
-_MSG_LOAD_ERROR = 1  # (tag, one-line description)
-_MSG_PROGRESS = 2  # (tag, task_id, first_index, ok_durations, failure | None, done)
-_MSG_RETIRING = 3  # (tag, reason)
-_MSG_RETURNED = 4  # (tag, task_id): answer to a give-back request; the task will not run here
-_MSG_STARTED = 5  # (tag, task_id): answer to a give-back request; the task was already taken
-# failure = (index, duration, type_name, message, traceback)
-# done = -1 while the task goes on; else the index where it stopped (len(records)
-# when complete, lower when the rest was skipped because the task was cancelled).
-
-# Messages parent -> worker (pickled): (task_id, [record tuples]) is a task; a bare
-# int N asks the worker to give task N back (answered by _MSG_RETURNED/_MSG_STARTED).
-
 _RECALL_PATIENCE = 1.0
 """Seconds after which an unanswered give-back request (a worker wedged holding the
 GIL) no longer stops the pool from asking another worker."""
 
 #: consecutive worker deaths before ready after which start() gives up (HandlerLoadError)
 _START_DEATHS_BEFORE_GIVING_UP = 3
-
-_HEADER = struct.Struct("!i")
-_LONG_HEADER = struct.Struct("!Q")
-
-#: a Record is a NamedTuple: sent as a plain tuple (smaller than a pickled class reference)
-_record_to_tuple: Callable[[Record], tuple[Any, ...]] = tuple
-
-
-# --------------------------------------------------------------------------- public types
-
-
-@dataclass(frozen=True, slots=True)
-class HandlerError:
-    """What a handler raised, as strings only (so any exception can be reported)."""
-
-    type_name: str
-    message: str
-    traceback: str
-    #: the exception's class and its bases, dotted, most derived first (for retry policies)
-    type_names: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RecordFinished:
-    """The handler returned (``error`` is None) or raised (``error`` set).
-
-    ``duration`` is 0.0 when the worker died before reporting the record (it
-    finished, as the shared-memory slot shows, but its timing was lost).
-    """
-
-    task_id: int
-    record: Record
-    error: HandlerError | None
-    duration: float
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class RecordAborted:
-    """The worker died while running this record.
-
-    ``cancelled``: its task had been cancelled (``cancel()``) before the worker died, so the
-    caller gave that work up (a partition being revoked): it should not run it again.
-    """
-
-    task_id: int
-    record: Record
-    killed: bool
-    reason: str
-    pid: int
-    cancelled: bool = False
-
-
-PoolEvent = RecordFinished | RecordAborted
-
-
-@dataclass(frozen=True, slots=True)
-class RunningRecord:
-    """A record a worker is running now (``time.monotonic()`` values)."""
-
-    pid: int
-    task_id: int
-    record: Record
-    started_at: float
-    last_heartbeat: float
-
-
-# --------------------------------------------------------------------------- parent-side state
 
 
 class _State(enum.Enum):
@@ -273,61 +96,6 @@ class _Assignment:
     taken: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class _WorkerConfig:
-    handler_bytes: bytes
-    parent_pid: int
-    heartbeat_interval: float
-    max_tasks: int | None
-    max_rss_mb: float | None
-
-
-class _SharedSlots:
-    """Shared memory of float64 fields: an unlinked memfd, mapped by the parent and each worker.
-
-    It pickles only while loky starts a worker process (the fd is passed to the
-    child), like multiprocessing's RawArray, whose reducer loky's pickler lacks.
-    """
-
-    def __init__(self, fd: int, count: int) -> None:
-        self.fd = fd
-        self.count = count
-        self.map = mmap.mmap(fd, count * 8)
-        self.view: memoryview[float] = memoryview(self.map).cast("d")
-        self._close_fd = weakref.finalize(self, os.close, fd)
-
-    @classmethod
-    def create(cls, count: int) -> _SharedSlots:
-        if hasattr(os, "memfd_create"):
-            fd = os.memfd_create("procpool-kafka-slots", os.MFD_CLOEXEC)
-        else:  # pragma: no cover - non-Linux POSIX
-            with tempfile.TemporaryFile() as handle:
-                fd = os.dup(handle.fileno())
-        os.ftruncate(fd, count * 8)
-        return cls(fd, count)
-
-    def __reduce__(self) -> tuple[Callable[[int, int], _SharedSlots], tuple[int, int]]:
-        popen = get_spawning_popen()
-        if popen is None:
-            raise TypeError("_SharedSlots pickles only to start a worker process")
-        return (_SharedSlots._attach, (popen.duplicate_for_child(self.fd), self.count))
-
-    @staticmethod
-    def _attach(fd: int, count: int) -> _SharedSlots:
-        return _SharedSlots(fd, count)
-
-    def close(self) -> None:
-        self.view.release()
-        self.map.close()
-        self._close_fd()
-
-
-@dataclass(frozen=True, slots=True)
-class _Spawned:
-    process: Any  # loky LokyProcess
-    sock: socket.socket
-
-
 @dataclass(eq=False, slots=True)
 class _Worker:
     seat: int
@@ -351,14 +119,11 @@ _SENTINEL = 1
 _WAKE = 2
 
 
-# --------------------------------------------------------------------------- the pool
-
-
 class WorkerPool:
     """A pool of worker processes running ``handler`` on batches of records.
 
     Not thread-safe: every method is meant to be called from one thread (the
-    consumer loop). See the module docstring for the data flow.
+    consumer loop). See the docstring of procpool_kafka.pool for the data flow.
     """
 
     def __init__(
@@ -383,21 +148,19 @@ class WorkerPool:
         try:
             handler_bytes = cloudpickle.dumps(handler)
         except Exception as exc:
-            detail = _one_line(f"{type(exc).__name__}: {exc}")
+            detail = one_line(f"{type(exc).__name__}: {exc}")
             raise HandlerLoadError(f"handler {handler!r} cannot be pickled: {detail}") from exc
 
         self._size = workers
-        self._config = _WorkerConfig(
+        self._config = WorkerConfig(
             handler_bytes=handler_bytes,
             parent_pid=os.getpid(),
             heartbeat_interval=heartbeat_interval,
             max_tasks=max_tasks_per_worker,
             max_rss_mb=max_worker_rss_mb,
         )
-        self._ctx: Any = get_context("loky")
         self._seats = 2 * workers
-        self._shm = _SharedSlots.create(self._seats * _SLOT_FIELDS)
-        self._slots = self._shm.view
+        self._shm = SharedSlots.create(self._seats)
         self._free_seats: list[int] = list(range(self._seats - 1, -1, -1))
 
         self._state = _PoolState.NEW
@@ -411,7 +174,7 @@ class WorkerPool:
         self._workers: list[_Worker] = []  # not DEAD
         self._ready: list[_Worker] = []  # READY, in start order
         self._by_pid: dict[int, _Worker] = {}
-        self._spawning: dict[int, Future[_Spawned]] = {}  # seat -> future
+        self._spawning: dict[int, Future[Spawned]] = {}  # seat -> future
         self._start_failures = 0  # consecutive workers that died or failed before "ready"
         self._in_start = False  # inside start(): a failing worker fails start()
         self._load_error: str | None = None
@@ -419,10 +182,7 @@ class WorkerPool:
         self._next_sweep = 0.0
 
         self._selector: selectors.BaseSelector | None = None
-        self._wake_r = -1
-        self._wake_w = -1
-        self._spawner: ThreadPoolExecutor | None = None
-        self._stopping = threading.Event()  # interrupts spawn back-off sleeps
+        self._spawner: Spawner | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -437,9 +197,8 @@ class WorkerPool:
             raise RuntimeError(f"WorkerPool.start() called on a {self._state.value} pool")
         self._state = _PoolState.RUNNING
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
-        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="procpool-spawner")
+        self._spawner = Spawner(self._shm, self._config)
+        self._selector.register(self._spawner.wakeup_fd, selectors.EVENT_READ, (_WAKE, None))
         self._in_start = True
         try:
             self._ensure_workers()
@@ -483,7 +242,7 @@ class WorkerPool:
         if not self._begin_close():
             return
         for worker in self._workers:
-            self._slots[worker.seat * _SLOT_FIELDS + _STOP] = 1.0
+            self._shm.ask_to_stop(worker.seat)
             worker.outq.clear()
             with contextlib.suppress(OSError):
                 worker.sock.shutdown(socket.SHUT_WR)  # EOF for a worker waiting on recv()
@@ -561,19 +320,18 @@ class WorkerPool:
         for worker in self._workers:
             if worker.state is _State.DEAD:
                 continue
-            base = worker.seat * _SLOT_FIELDS
             for assignment in worker.assigned:
                 task = assignment.task
                 if task.cancelled or not all(predicate(r) for r in task.records):
                     continue
-                if not self._mark_cancelled(worker, task.id):
+                held = [other.task.id for other in worker.assigned]
+                if not self._shm.mark_cancelled(worker.seat, task.id, held):
                     continue
                 task.cancelled = True
                 # Best-effort count: the worker skips what it has not started when it looks.
                 first_unstarted = assignment.reported
-                slots = self._slots
-                if slots[base + _TASK] == task.id:
-                    progress = int(slots[base + _PROGRESS])
+                if self._shm.get(worker.seat, TASK) == task.id:
+                    progress = int(self._shm.get(worker.seat, PROGRESS))
                     first_unstarted = max(first_unstarted, (progress + 1) // 2)
                 dropped += max(0, len(task.records) - first_unstarted)
         return dropped
@@ -597,21 +355,13 @@ class WorkerPool:
     def running(self) -> list[RunningRecord]:
         """One entry per worker currently inside a handler call (read from shared memory)."""
         result: list[RunningRecord] = []
-        slots = self._slots
         for worker in self._workers:
             if worker.state in (_State.STARTING, _State.DEAD) or not worker.assigned:
                 continue
-            base = worker.seat * _SLOT_FIELDS
-            for _ in range(100):
-                seq = slots[base + _SEQ]
-                task_id = slots[base + _TASK]
-                progress = int(slots[base + _PROGRESS])
-                started = slots[base + _STARTED]
-                heartbeat = slots[base + _HEARTBEAT]
-                if seq == slots[base + _SEQ] and int(seq) % 2 == 0:
-                    break
-            else:
+            reading = self._shm.read_record(worker.seat)
+            if reading is None:
                 continue
+            task_id, progress, started, heartbeat = reading
             if progress % 2 == 0:
                 continue
             index = (progress - 1) // 2
@@ -678,9 +428,8 @@ class WorkerPool:
         worker's slot has been reached: busy until its report is read, cancelled or not.
         """
         busy = {task.id for task in self._pending}
-        slots = self._slots
         for worker in self._workers:
-            current = slots[worker.seat * _SLOT_FIELDS + _TASK] if slots is not None else -1
+            current = self._shm.get(worker.seat, TASK)
             held = [assignment.task for assignment in worker.assigned]
             reached = next((i for i, task in enumerate(held) if task.id == current), -1)
             for position, task in enumerate(held):
@@ -704,15 +453,15 @@ class WorkerPool:
                 if worker.state is _State.DEAD:
                     continue
                 if mask & selectors.EVENT_READ:
-                    self._read(worker, events)
+                    self._read_from_worker(worker, events)
                 if mask & selectors.EVENT_WRITE and worker.state is not _State.DEAD:
                     self._flush(worker)
             elif kind == _SENTINEL:
                 if worker.state is not _State.DEAD:
                     self._on_exit(worker, events)
             else:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
+                assert self._spawner is not None
+                self._spawner.clear_wakeups()
                 self._integrate_spawned()
         self._housekeeping(events)
         if self._ready:
@@ -741,9 +490,10 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ worker messages
 
-    def _read(self, worker: _Worker, events: list[PoolEvent]) -> None:
+    def _read_from_worker(self, worker: _Worker, events: list[PoolEvent]) -> None:
+        """One non-blocking read of the worker's socket; its messages become events."""
         try:
-            data = worker.sock.recv(_RECV_CHUNK)
+            data = worker.sock.recv(RECV_CHUNK)
         except BlockingIOError:
             return
         except OSError:
@@ -759,11 +509,9 @@ class WorkerPool:
         size = len(buf)
         pos = 0
         while True:
-            start, end = _frame_at(buf, pos, size)
+            message, end = decode(buf, pos)
             if end > size:
                 break
-            with memoryview(buf) as view:
-                message = pickle.loads(view[start:end])
             pos = end
             self._on_message(worker, message, events)
             if worker.state is _State.DEAD:
@@ -775,21 +523,21 @@ class WorkerPool:
         self, worker: _Worker, message: tuple[Any, ...], events: list[PoolEvent]
     ) -> None:
         tag = message[0]
-        if tag == _MSG_PROGRESS:
+        if tag == WorkerMessage.PROGRESS:
             self._on_progress(worker, message, events)
-        elif tag == _MSG_READY:
+        elif tag == WorkerMessage.READY:
             self._start_failures = 0
             if worker.state is _State.STARTING:
                 worker.state = _State.READY
                 self._ready.append(worker)
                 logger.debug("worker %d ready (seat %d)", worker.pid, worker.seat)
-        elif tag == _MSG_RETURNED:
+        elif tag == WorkerMessage.RETURNED:
             self._on_returned(worker, message[1])
-        elif tag == _MSG_STARTED:
+        elif tag == WorkerMessage.STARTED:
             self._on_started(worker, message[1])
-        elif tag == _MSG_RETIRING:
+        elif tag == WorkerMessage.RETIRING:
             self._on_retiring(worker, message[1])
-        elif tag == _MSG_LOAD_ERROR:
+        elif tag == WorkerMessage.LOAD_ERROR:
             description: str = message[1]
             logger.error("worker %d cannot load the handler: %s", worker.pid, description)
             if self._in_start and self._load_error is None:
@@ -803,7 +551,7 @@ class WorkerPool:
         task_id: int
         first: int
         durations: list[float]
-        failure: tuple[int, float, str, str, str] | None
+        failure: Failure | None
         done: int
         _, task_id, first, durations, failure, done = message
         assignment: _Assignment | None = None
@@ -863,7 +611,7 @@ class WorkerPool:
         worker.state = _State.RETIRING
         worker.deadline = time.monotonic() + _RETIRE_GRACE
         worker.outq.clear()
-        self._requeue_unstarted(worker, [])
+        self._requeue_unstarted(worker)
         self._restarts["recycled"] += 1
         self._ensure_workers()
 
@@ -913,7 +661,7 @@ class WorkerPool:
             return
         while True:
             try:
-                data = worker.sock.recv(_RECV_CHUNK, socket.MSG_DONTWAIT)
+                data = worker.sock.recv(RECV_CHUNK, socket.MSG_DONTWAIT)
             except (BlockingIOError, OSError):
                 break
             if not data:
@@ -924,10 +672,8 @@ class WorkerPool:
         self, worker: _Worker, killed: bool, reason: str, events: list[PoolEvent]
     ) -> None:
         """Turn the dead worker's slot into events; requeue what it never started."""
-        base = worker.seat * _SLOT_FIELDS
-        slot_task = self._slots[base + _TASK]
-        progress = int(self._slots[base + _PROGRESS])
-        requeue: list[_Task] = []
+        slot_task = self._shm.get(worker.seat, TASK)
+        progress = int(self._shm.get(worker.seat, PROGRESS))
         for assignment in worker.assigned:
             task = assignment.task
             records = task.records
@@ -952,15 +698,8 @@ class WorkerPool:
                         next_index = max(next_index, index + 1)
                     elif index < assignment.reported:
                         next_index = max(next_index, index + 1)
-            rest = records[next_index:]
-            if not rest:
-                continue
-            if task.cancelled:
-                self._outstanding -= len(rest)
-            else:
-                requeue.append(_Task(task.id, rest))
-        worker.assigned.clear()
-        self._pending.extendleft(reversed(requeue))
+            assignment.reported = next_index  # the records before it have their event
+        self._requeue_unstarted(worker)
 
     @staticmethod
     def _collateral(worker: _Worker, killed: bool, task_id: int, record: Record) -> bool:
@@ -970,7 +709,10 @@ class WorkerPool:
             return False
         return target[0] != task_id or target[1] is not record
 
-    def _requeue_unstarted(self, worker: _Worker, requeue: list[_Task]) -> None:
+    def _requeue_unstarted(self, worker: _Worker) -> None:
+        """Put the records of the worker's tasks that have no event yet at the front of
+        pending (same task ids); drop those of cancelled tasks. The worker holds nothing."""
+        requeue: list[_Task] = []
         for assignment in worker.assigned:
             rest = assignment.task.records[assignment.reported :]
             if not rest:
@@ -1019,41 +761,9 @@ class WorkerPool:
             delay = 0.0
             if self._start_failures:
                 delay = min(5.0, 0.2 * 2 ** (self._start_failures - 1))
-            base = seat * _SLOT_FIELDS
-            for index in range(_SLOT_FIELDS):
-                self._slots[base + index] = 0.0
-            for index in range(_CANCEL_MARKS):
-                self._slots[base + _CANCEL + index] = -1.0
-            self._slots[base + _TASK] = -1.0
-            future = spawner.submit(self._spawn, seat, delay)
-            future.add_done_callback(self._wake)  # runs once the result is set
-            self._spawning[seat] = future
+            self._shm.reset(seat)
+            self._spawning[seat] = spawner.spawn(seat, delay)
             missing -= 1
-
-    def _spawn(self, seat: int, delay: float) -> _Spawned:
-        """Runs on the spawner thread: start one worker process."""
-        if delay and self._stopping.wait(delay):
-            raise RuntimeError("pool closing")
-        parent_conn, child_conn = self._ctx.Pipe()
-        process = self._ctx.Process(
-            target=_worker_main,
-            args=(child_conn, self._shm, seat, self._config),
-            name=f"procpool-worker-{seat}",
-            # Not daemonic, so that handlers may start processes of their own. An
-            # unclosed pool does not hang interpreter exit: threading's shutdown joins
-            # the spawner thread before atexit runs, and its exit SIGKILLs the workers.
-            daemon=False,
-        )
-        process.start()
-        child_conn.close()
-        sock = socket.socket(fileno=os.dup(parent_conn.fileno()))
-        parent_conn.close()
-        return _Spawned(process, sock)
-
-    def _wake(self, _future: Future[_Spawned]) -> None:
-        """Wake collect() up: a spawn finished (called on the spawner thread)."""
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
 
     def _integrate_spawned(self) -> None:
         selector = self._selector
@@ -1086,7 +796,7 @@ class WorkerPool:
             selector.register(worker.sentinel, selectors.EVENT_READ, (_SENTINEL, worker))
             if self._state is not _PoolState.RUNNING:
                 worker.state = _State.CLOSING
-                self._slots[seat * _SLOT_FIELDS + _STOP] = 1.0
+                self._shm.ask_to_stop(seat)
                 with contextlib.suppress(OSError):
                     worker.sock.shutdown(socket.SHUT_WR)
 
@@ -1096,7 +806,8 @@ class WorkerPool:
         The spawner thread itself must live until every worker is gone: its
         exit SIGKILLs the workers it started (PR_SET_PDEATHSIG).
         """
-        self._stopping.set()
+        assert self._spawner is not None
+        self._spawner.stop()
         for future in self._spawning.values():
             future.cancel()
         futures_wait(list(self._spawning.values()), timeout=30.0)
@@ -1115,14 +826,10 @@ class WorkerPool:
         # The spawner thread exits only now, after every worker it started is gone
         # (its exit would SIGKILL them through PR_SET_PDEATHSIG anyway).
         if self._spawner is not None:
-            self._spawner.shutdown(wait=True, cancel_futures=True)
+            self._spawner.shutdown()
             self._spawner = None
         if self._selector is not None:
             self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
         self._shm.close()
 
     # ------------------------------------------------------------------ sending
@@ -1156,14 +863,12 @@ class WorkerPool:
                 idle += 1
         if not idle:
             return
-        slots = self._slots
         now = time.monotonic()
         candidates: list[tuple[float, _Worker, _Assignment]] = []
         for worker in self._ready:
             if len(worker.assigned) < 2:
                 continue
-            base = worker.seat * _SLOT_FIELDS
-            current = slots[base + _TASK]
+            current = self._shm.get(worker.seat, TASK)
             for assignment in itertools.islice(worker.assigned, 1, None):
                 if assignment.recalled_at is not None:
                     if now - assignment.recalled_at < _RECALL_PATIENCE:
@@ -1173,36 +878,29 @@ class WorkerPool:
                     continue
                 if assignment.task.id == current:
                     continue
-                candidates.append((slots[base + _STARTED], worker, assignment))
+                candidates.append((self._shm.get(worker.seat, STARTED), worker, assignment))
         if idle <= 0 or not candidates:
             return
         candidates.sort(key=lambda candidate: candidate[0])  # longest-running worker first
         for _, worker, assignment in candidates[:idle]:
             assignment.recalled_at = now
             self._give_backs["requested"] += 1
-            self._queue_frame(worker, pickle.dumps(assignment.task.id, pickle.HIGHEST_PROTOCOL))
+            self._queue_message(worker, assignment.task.id)
             self._flush(worker)
 
     def _queue_task(self, worker: _Worker, task: _Task) -> None:
         worker.assigned.append(_Assignment(task))
-        payload = pickle.dumps(
-            (task.id, [_record_to_tuple(record) for record in task.records]),
-            pickle.HIGHEST_PROTOCOL,
-        )
-        self._queue_frame(worker, payload)
+        self._queue_message(worker, (task.id, [record_to_tuple(record) for record in task.records]))
 
     @staticmethod
-    def _queue_frame(worker: _Worker, payload: bytes) -> None:
-        length = len(payload)
-        if length < 0x7FFFFFFF:
-            header = _HEADER.pack(length)
-        else:
-            header = _HEADER.pack(-1) + _LONG_HEADER.pack(length)
-        if length <= 16384:
-            worker.outq.append(memoryview(header + payload))
-        else:
+    def _queue_message(worker: _Worker, message: object) -> None:
+        """Append the frame of ``message`` to the worker's out-queue (sent by _flush)."""
+        header, body = encode(message)
+        if len(body) <= 16384:
+            worker.outq.append(memoryview(header + body))
+        else:  # not copied into one buffer
             worker.outq.append(memoryview(header))
-            worker.outq.append(memoryview(payload))
+            worker.outq.append(memoryview(body))
 
     def _flush(self, worker: _Worker) -> None:
         """Write the worker's out-queue without blocking; wait for EVENT_WRITE if full."""
@@ -1227,45 +925,12 @@ class WorkerPool:
             assert self._selector is not None
             self._selector.modify(sock, events, (_CONN, worker))
 
-    def _mark_cancelled(self, worker: _Worker, task_id: int) -> bool:
-        """Write ``task_id`` into a free cancel mark of the worker's slot."""
-        base = worker.seat * _SLOT_FIELDS + _CANCEL
-        held = {float(assignment.task.id) for assignment in worker.assigned}
-        for index in range(_CANCEL_MARKS):
-            value = self._slots[base + index]
-            if value == task_id:
-                return True
-            if value not in held:
-                self._slots[base + index] = float(task_id)
-                return True
-        return False
-
-
-# --------------------------------------------------------------------------- helpers
-
 
 def _find(worker: _Worker, task_id: int) -> _Assignment | None:
     for assignment in worker.assigned:
         if assignment.task.id == task_id:
             return assignment
     return None
-
-
-def _frame_at(buf: bytes | bytearray, pos: int, size: int) -> tuple[int, int]:
-    """(body start, body end) of the frame at ``pos``; end > size when it is incomplete.
-
-    A frame is a 4-byte big-endian length and the body, or -1 and an 8-byte length for
-    bodies of 2 GiB and more (multiprocessing.connection's format).
-    """
-    if size - pos < 4:
-        return size + 1, size + 1
-    (length,) = _HEADER.unpack_from(buf, pos)
-    if length != -1:
-        return pos + 4, pos + 4 + length
-    if size - pos < 12:
-        return size + 1, size + 1
-    (length,) = _LONG_HEADER.unpack_from(buf, pos + 4)
-    return pos + 12, pos + 12 + length
 
 
 def _signal(pid: int, signum: signal.Signals) -> None:
@@ -1292,413 +957,3 @@ def _exit_code(process: Any) -> int:
         # Another thread's waitpid() may have reaped it an instant ago; look again.
         process.join(0.005)
     return -int(signal.SIGKILL)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _truncate_head(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    marker = f"... [{len(text) - limit} more chars]"
-    return text[: max(0, limit - len(marker))] + marker
-
-
-def _truncate_tail(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    marker = f"[{len(text) - limit} chars truncated] ...\n"
-    return marker + text[len(text) - max(0, limit - len(marker)) :]
-
-
-_MACHINERY_FILES = (asyncio.__file__.rsplit(os.sep, 1)[0] + os.sep, awaitables.__file__)
-
-
-def _handler_frames(tb: TracebackType | None) -> TracebackType | None:
-    """``tb`` without its leading frames of the worker (_run_task) and of the event loop that
-    ran an async handler; all of it when nothing else is left."""
-    if tb is None:
-        return None
-    start = tb.tb_next
-    while start is not None and start.tb_frame.f_code.co_filename.startswith(_MACHINERY_FILES):
-        start = start.tb_next
-    return start if start is not None else tb.tb_next
-
-
-def _describe(exc: BaseException) -> tuple[list[str], str, str]:
-    """(type names, message, traceback) of a handler exception, as plain strings.
-
-    The type names are the dotted names of its class and bases, most derived first.
-    """
-    cls = type(exc)
-    type_names = [
-        f"{base.__module__}.{base.__qualname__}"
-        for base in cls.__mro__
-        if isinstance(base, type) and issubclass(base, BaseException)
-    ]
-    type_name = type_names[0]
-    try:
-        message = str(exc)
-    except BaseException:
-        message = f"<unprintable {type_name}>"
-    try:
-        # Skip the worker's own frames: the traceback starts in the handler.
-        lines = traceback.format_exception(cls, exc, _handler_frames(exc.__traceback__))
-        trace = "".join(lines)
-    except BaseException:
-        trace = f"{type_name}: {message}\n(traceback unavailable)\n"
-    return (
-        type_names,
-        _truncate_head(message, _MAX_MESSAGE_CHARS),
-        _truncate_tail(trace, _MAX_TRACEBACK_CHARS),
-    )
-
-
-# --------------------------------------------------------------------------- worker side
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """SIGKILL this process when the thread that started it exits; exit if it already has."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
-            errno = ctypes.get_errno()
-            sys.stderr.write(f"procpool-kafka worker: prctl(PR_SET_PDEATHSIG) failed: {errno}\n")
-    if os.getppid() != parent_pid:
-        os._exit(0)
-
-
-def _heartbeat(slot: memoryview[float], interval: float, stop: threading.Event) -> None:
-    monotonic = time.monotonic
-    while not stop.wait(interval):
-        slot[_HEARTBEAT] = monotonic()
-
-
-def _leave_to_the_parent(_signum: int, _frame: object) -> None:
-    """SIGINT/SIGTERM handler of a worker: nothing; stopping is the parent's decision."""
-
-
-def _worker_main(conn: Any, shm: _SharedSlots, seat: int, config: _WorkerConfig) -> None:
-    """Entry point of a worker process.
-
-    SIGINT and SIGTERM reach every process of the group (Ctrl-C, ``kill -TERM -PGID``,
-    systemd, ``timeout``): the parent stops gracefully and lets running records finish, so
-    workers must not die of them. A Python handler that does nothing, not SIG_IGN, which
-    the handler's own subprocesses would inherit (exec resets a handler to the default).
-    """
-    signal.signal(signal.SIGTERM, _leave_to_the_parent)
-    signal.signal(signal.SIGINT, _leave_to_the_parent)
-    _die_with_parent(config.parent_pid)
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
-        _worker_loop(conn, shm, seat, config)
-
-
-_Message = tuple[int, list[tuple[Any, ...]]]  # (task_id, record tuples)
-
-_INBOX_POLL = 0.05
-"""Seconds between the inbox thread's looks whether the main thread is busy (reads for it)."""
-
-# Who reads the worker's end of the pipe (_Inbox._reader).
-_NOBODY = 0
-_MAIN_READS = 1
-_INBOX_READS = 2
-
-
-class _Inbox:
-    """Worker side: the receiving end of the pipe, a local task queue and the inbox thread.
-
-    Frames from the parent are tasks (queued in order) or give-back requests.
-    The main thread takes tasks with get(); taking a task is starting it. A
-    request for task N is answered at once by whichever thread reads it:
-    "returned N" when N was still queued (it is removed and will not run here),
-    else "started N" (the main thread took it already). Taking and removing
-    happen under one lock, so a task either runs here or goes back, never both.
-    Every lock is this worker's own; ``send`` serialises what the worker writes.
-
-    Who reads the socket: the inbox thread, while the main thread is inside a
-    handler; the main thread itself, while it has nothing to run. The thread
-    that reads holds the reader role (``_reader``). The inbox thread looks every
-    ``_INBOX_POLL`` seconds whether nobody reads (the main thread is busy) and
-    takes the role; it hands it back once it delivers a task to a main thread
-    that waits for one. So a give-back request is answered within about
-    ``_INBOX_POLL`` even during a long handler (a pure-Python or sleeping one
-    lets this thread run), while a light handler pays no thread switch per
-    task: with the inbox thread as the only reader, waking the main thread for
-    every task cost about 15 us of worker CPU and a third of the no-op
-    throughput.
-    """
-
-    def __init__(self, fd: int, send: Callable[[tuple[Any, ...]], None]) -> None:
-        self._fd = fd
-        self._send = send
-        self._lock = threading.Lock()  # guards every field below except _buf/_need
-        self._queue: deque[_Message | None] = deque()  # None: the pipe is closed
-        self._reader = _NOBODY
-        self._closed = False
-        self._waiting = False  # the main thread is blocked on _wakeup (while the inbox reads)
-        self._wakeup = threading.Lock()  # held while nobody signals the main thread
-        self._wakeup.acquire()
-        self._buf = bytearray()  # owned by the thread holding the reader role
-        self._need = 0  # bytes the incomplete frame at the head of _buf still lacks
-        self._thread = threading.Thread(target=self._run, name="procpool-inbox", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def get(self) -> _Message | None:
-        """The next task (started from now on), or None when the pipe is closed."""
-        lock = self._lock
-        queue = self._queue
-        while True:
-            with lock:
-                if queue:
-                    return queue.popleft()
-                wait = self._reader != _NOBODY
-                if wait:
-                    self._waiting = True  # the reader will release _wakeup
-                else:
-                    self._reader = _MAIN_READS
-            if wait:
-                self._wakeup.acquire()
-                continue
-            self._read()  # returns False: nobody waits while this thread reads
-            with lock:
-                self._reader = _NOBODY
-                if queue:
-                    return queue.popleft()
-
-    def _run(self) -> None:
-        """The inbox thread: read while the main thread is busy (see the class docstring)."""
-        lock = self._lock
-        try:
-            while True:
-                time.sleep(_INBOX_POLL)
-                with lock:
-                    if self._closed:
-                        return
-                    if self._reader != _NOBODY:
-                        continue
-                    self._reader = _INBOX_READS
-                while True:
-                    wake = self._read()
-                    with lock:
-                        done = wake or self._closed
-                        if done:
-                            self._reader = _NOBODY
-                    if wake:
-                        self._wakeup.release()
-                    if done:
-                        break
-        except BaseException as exc:
-            # The parent is gone (an answer could not be sent) or the stream is
-            # corrupt: the main thread must not wait for a task forever.
-            if self._put([None], closed=True):
-                self._wakeup.release()
-            if not isinstance(exc, OSError):
-                raise
-
-    def _read(self) -> bool:
-        """One blocking read; queue its tasks, answer its give-back requests (the
-        parent's framing: see WorkerPool._queue_frame). True when the main thread
-        waits for the tasks queued: the caller releases ``_wakeup``."""
-        try:
-            data = os.read(self._fd, min(max(_RECV_CHUNK, self._need), 1 << 24))
-        except OSError:  # ECONNRESET: like the end of the stream
-            data = b""
-        if not data:
-            return self._put([None], closed=True)
-        buf = self._buf  # the start of a frame that did not fit in the last read
-        if buf:
-            buf += data
-            if len(data) < self._need:
-                self._need -= len(data)
-                return False
-            data = bytes(buf)  # one copy per frame split across reads
-            buf.clear()
-        self._need = 0
-        size = len(data)
-        pos = 0
-        tasks: list[_Message | None] = []
-        wake = False
-        with memoryview(data) as view:
-            while True:
-                start, end = _frame_at(data, pos, size)
-                if end > size:
-                    if start <= size:  # the header is complete: the body length is known
-                        self._need = end - size
-                    break
-                message = pickle.loads(view[start:end])
-                pos = end
-                if type(message) is int:  # a give-back request, after the tasks before it
-                    if tasks:
-                        wake |= self._put(tasks)
-                        tasks = []
-                    self._give_back(message)
-                else:
-                    tasks.append(message)
-            if pos < size:
-                buf += view[pos:]
-        if tasks:
-            wake |= self._put(tasks)
-        return wake
-
-    def _put(self, messages: list[_Message | None], closed: bool = False) -> bool:
-        with self._lock:
-            self._queue.extend(messages)
-            self._closed |= closed
-            wake = self._waiting
-            self._waiting = False
-        return wake
-
-    def _give_back(self, task_id: int) -> None:
-        answer: tuple[int, int] = (_MSG_STARTED, task_id)
-        with self._lock:
-            for index, message in enumerate(self._queue):
-                if message is not None and message[0] == task_id:
-                    del self._queue[index]
-                    answer = (_MSG_RETURNED, task_id)
-                    break
-        self._send(answer)
-
-
-def _sender(fd: int) -> Callable[[tuple[Any, ...]], None]:
-    """send(message): one whole frame at a time (the main thread and the inbox thread
-    both write). The framing of multiprocessing's Connection, which the parent reads."""
-    lock = threading.Lock()
-    dumps = pickle.dumps
-    write = os.write
-
-    def send(message: tuple[Any, ...]) -> None:
-        payload = dumps(message, pickle.HIGHEST_PROTOCOL)
-        length = len(payload)
-        if length < 0x7FFFFFFF:
-            data = _HEADER.pack(length) + payload
-        else:  # pragma: no cover - a 2 GiB message
-            data = _HEADER.pack(-1) + _LONG_HEADER.pack(length) + payload
-        with lock:
-            sent = write(fd, data)
-            if sent < len(data):
-                with memoryview(data) as view:
-                    while sent < len(data):
-                        sent += write(fd, view[sent:])
-
-    return send
-
-
-def _worker_loop(conn: Any, shm: _SharedSlots, seat: int, config: _WorkerConfig) -> None:
-    base = seat * _SLOT_FIELDS
-    slot = shm.view[base : base + _SLOT_FIELDS]
-    slot[_HEARTBEAT] = time.monotonic()
-    stop = threading.Event()
-    beat = threading.Thread(
-        target=_heartbeat,
-        args=(slot, config.heartbeat_interval, stop),
-        name="procpool-heartbeat",
-        daemon=True,
-    )
-    beat.start()
-
-    try:
-        handler = cloudpickle.loads(config.handler_bytes)
-        if not callable(handler):
-            raise TypeError(f"{handler!r} is not callable")
-    except BaseException as exc:
-        conn.send((_MSG_LOAD_ERROR, _one_line(f"{type(exc).__name__}: {exc}")))
-        return
-
-    send = _sender(conn.fileno())
-    inbox = _Inbox(conn.fileno(), send)
-    send((_MSG_READY, os.getpid()))
-    inbox.start()
-
-    rss_limit = None if config.max_rss_mb is None else config.max_rss_mb * 1024 * 1024
-    me = psutil.Process() if rss_limit is not None else None
-    tasks_done = 0
-    awaiter = AwaitableRunner()  # async handlers: one event loop per worker, made on first use
-    try:
-        while True:
-            message = inbox.get()
-            if message is None:
-                break
-            if not _run_task(send, slot, handler, awaiter, message):
-                break
-            tasks_done += 1
-            retire = ""
-            if config.max_tasks is not None and tasks_done >= config.max_tasks:
-                retire = f"handled {tasks_done} tasks (max_tasks_per_worker)"
-            elif me is not None and rss_limit is not None:
-                rss = me.memory_info().rss
-                if rss > rss_limit:
-                    retire = f"rss {rss / 2**20:.0f} MiB > max_worker_rss_mb {config.max_rss_mb:g}"
-            if retire:
-                send((_MSG_RETIRING, retire))
-                break
-    finally:
-        awaiter.close()
-        stop.set()
-
-
-def _run_task(
-    send: Callable[[tuple[Any, ...]], None],
-    slot: memoryview[float],
-    handler: Callable[[Record], object],
-    awaiter: AwaitableRunner,
-    task: _Message,
-) -> bool:
-    """Run one task; False when the pool asked this worker to stop.
-
-    A handler's awaitable result (an ``async def`` handler) is run to completion first.
-    """
-    task_id, raw_records = task
-    monotonic = time.monotonic
-    isawaitable = inspect.isawaitable
-    task_mark = float(task_id)
-    count = len(raw_records)
-    slot[_PROGRESS] = 0.0
-    first = 0  # index of the first record in ``oks``
-    oks: list[float] = []
-    last_flush = monotonic()
-    for index, raw in enumerate(raw_records):
-        if slot[_STOP]:
-            return False
-        if task_mark in (slot[_CANCEL], slot[_CANCEL + 1], slot[_CANCEL + 2], slot[_CANCEL + 3]):
-            send((_MSG_PROGRESS, task_id, first, oks, None, index))
-            return True
-        record = Record(*raw)
-        slot[_SEQ] += 1.0
-        slot[_TASK] = task_mark
-        started = monotonic()
-        slot[_STARTED] = started
-        slot[_PROGRESS] = 2.0 * index + 1.0
-        slot[_SEQ] += 1.0
-        try:
-            result = handler(record)
-            if result is not None and isawaitable(result):
-                awaiter.run(result)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            ended = monotonic()
-            type_names, text, trace = _describe(exc)
-            done = count if index == count - 1 else -1
-            failure = (index, ended - started, type_names, text, trace)
-            send((_MSG_PROGRESS, task_id, first, oks, failure, done))
-            slot[_PROGRESS] = 2.0 * index + 2.0
-            if done >= 0:
-                return True
-            first = index + 1
-            oks = []
-            last_flush = ended
-            continue
-        ended = monotonic()
-        oks.append(ended - started)
-        slot[_PROGRESS] = 2.0 * index + 2.0
-        if ended - last_flush >= _OK_FLUSH_INTERVAL and index < count - 1:
-            send((_MSG_PROGRESS, task_id, first, oks, None, -1))
-            first = index + 1
-            oks = []
-            last_flush = ended
-    send((_MSG_PROGRESS, task_id, first, oks, None, count))
-    return True
