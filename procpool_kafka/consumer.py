@@ -104,6 +104,9 @@ SNAPSHOT_INTERVAL = 1.0
 DRAIN_COLLECT_SECONDS = 0.05
 #: after a drain's deadline, how long it waits for the killed work to report before giving up
 KILL_SETTLE_SECONDS = 5.0
+#: close() waits revoke_timeout + KILL_SETTLE_SECONDS + this for librdkafka's close (its
+#: revoke callback drains, then commits for up to 10 s)
+CLOSE_MARGIN_SECONDS = 20.0
 
 
 @dataclass
@@ -282,14 +285,39 @@ class ProcPoolConsumer:
             return
         self._closed = True
         if self._consumer is not None:
-            try:
-                self._consumer.close()
-            except (KafkaException, RuntimeError) as error:
-                log.warning("closing the Kafka consumer failed: %s", error)
+            self._close_kafka_consumer(self._consumer)
         if self._router is not None:
             self._router.close()
         if self._pool is not None:
             self._pool.close()
+
+    def _close_kafka_consumer(self, consumer: Consumer) -> None:
+        """Leave the group (the revoke callback drains and commits), within a bounded time.
+
+        Seen under the consumer group protocol after a broker restart: librdkafka's close
+        waited forever inside the rebalance callback's set-up. Past the bound the member is
+        left to the group's session timeout and the workers are stopped anyway.
+        """
+        bound = self._config.revoke_timeout + KILL_SETTLE_SECONDS + CLOSE_MARGIN_SECONDS
+        failure: list[BaseException] = []
+
+        def close() -> None:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError) as error:
+                failure.append(error)
+
+        closer = threading.Thread(target=close, name="procpool-kafka-close", daemon=True)
+        closer.start()
+        closer.join(bound)
+        if closer.is_alive():
+            log.error(
+                "closing the Kafka consumer did not finish within %.0fs; leaving the group "
+                "to its session timeout",
+                bound,
+            )
+        elif failure:
+            log.warning("closing the Kafka consumer failed: %s", failure[0])
 
     # ------------------------------------------------------------------ the loop
 
