@@ -115,7 +115,12 @@ class Member:
         if self.process is None or self.process.poll() is not None:
             return 0 if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=120)
+        try:
+            return self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # leave no orphan behind (its workers die with it)
+            self.process.wait(timeout=30)
+            raise
 
 
 @dataclass
