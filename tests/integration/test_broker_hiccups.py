@@ -16,7 +16,7 @@ from procpool_kafka.retry import RetryPolicy
 from tests.conftest import PrivateBroker
 from tests.integration.handlers import read_store, scripted
 from tests.integration.runner import REPO
-from tests.integration.test_cli import CLI, cli_env, summary_of
+from tests.integration.test_cli import CLI, cli_env, spawn_cli, summary_of
 from tests.kafka_helpers import KafkaTestEnv, unique_name, wait_for
 
 
@@ -90,14 +90,7 @@ def test_broker_restart_in_the_middle_of_a_batch_run(
         kafka.produce(topic, [b"slow:0.02:"] * 400)
         group = unique_name("g")
         store = tmp_path / "store.jsonl"
-        process = subprocess.Popen(
-            [*CLI, *batch_args(kafka.bootstrap, topic, group)],
-            cwd=REPO,
-            env=cli_env(store),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = spawn_cli(batch_args(kafka.bootstrap, topic, group), store)
         try:
             wait_for(lambda: len(read_store(store)) >= 60, timeout=90, message="work begun")
             private_broker.restart()

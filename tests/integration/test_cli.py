@@ -42,6 +42,19 @@ def run_cli(
     )
 
 
+def spawn_cli(args: list[str], store: Path, *, new_session: bool = False) -> subprocess.Popen[str]:
+    """Start the CLI in the background (stdout and stderr piped, text) with ``store``."""
+    return subprocess.Popen(
+        [*CLI, *args],
+        cwd=REPO,
+        env=cli_env(store),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
 def summary_of(stdout: str) -> dict[str, str]:
     line = next(line for line in stdout.splitlines() if line.startswith("summary:"))
     return dict(re.findall(r"([\w-]+)=(\S+)", line))
@@ -240,14 +253,7 @@ def test_sigterm_mid_run_exits_0_and_the_next_run_does_the_rest(
     kafka.produce(topic, [b"slow:0.05:"] * 200)
     store = tmp_path / "store.jsonl"
     group = unique_name("g")
-    process = subprocess.Popen(
-        [*CLI, *base_args(kafka, topic, group)],
-        cwd=REPO,
-        env=cli_env(store),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = spawn_cli(base_args(kafka, topic, group), store)
     try:
         wait_for(lambda: len(read_store(store)) >= 30, timeout=60, message="some work done")
         process.send_signal(signal.SIGTERM)
@@ -279,15 +285,7 @@ def test_sigterm_to_the_process_group_lets_running_handlers_finish(
         kafka.produce(topic, [b"slow:2:"] * 3, partition=partition)
     store = tmp_path / "store.jsonl"
     group = unique_name("g")
-    process = subprocess.Popen(
-        [*CLI, *base_args(kafka, topic, group)],
-        cwd=REPO,
-        env=cli_env(store),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = spawn_cli(base_args(kafka, topic, group), store, new_session=True)
     try:
         wait_for(
             lambda: len(read_store(store, "start")) == 2,
@@ -341,13 +339,8 @@ def test_metrics_endpoint_counters_move_and_lag_reaches_zero(
     kafka.produce(topic, [b"slow:0.02:"] * 100)
     store = tmp_path / "store.jsonl"
     port = _free_port()
-    process = subprocess.Popen(
-        [*CLI, *base_args(kafka, topic, unique_name("g")), "--metrics-port", str(port)],
-        cwd=REPO,
-        env=cli_env(store),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = spawn_cli(
+        [*base_args(kafka, topic, unique_name("g")), "--metrics-port", str(port)], store
     )
     base = f"http://127.0.0.1:{port}"
     try:
