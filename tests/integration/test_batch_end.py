@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from procpool_kafka import ProcPoolConsumer
 from tests.integration.handlers import coordinates, read_store, scripted
 from tests.integration.runner import REPO, consumer_config
-from tests.integration.test_cli import CLI, base_args, cli_env, summary_of
+from tests.integration.test_cli import CLI, base_args, cli_env, run_cli, summary_of
 from tests.kafka_helpers import KafkaTestEnv, unique_name, wait_for
 
 
@@ -50,15 +50,7 @@ def test_until_end_finishes_on_transactional_topics_with_committed_and_aborted_t
     produce_transactionally(kafka, topic, partition=1, committed=100, aborted=7)
     store = tmp_path / "store.jsonl"
     group = unique_name("g")
-    result = subprocess.run(
-        [*CLI, *base_args(kafka, topic, group), "--until-end"],
-        cwd=REPO,
-        env=cli_env(store),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_cli([*base_args(kafka, topic, group), "--until-end"], cli_env(store))
     assert result.returncode == 0, result.stderr
     assert summary_of(result.stdout)["ok"] == "200", "the aborted records are never handled"
     assert len(read_store(store)) == 200

@@ -5,7 +5,6 @@ middle of a batch run. Each ends as a normal run would: exit 0, everything commi
 from __future__ import annotations
 
 import functools
-import subprocess
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
@@ -15,8 +14,7 @@ from procpool_kafka import ConsumerConfig, ProcPoolConsumer
 from procpool_kafka.retry import RetryPolicy
 from tests.conftest import PrivateBroker
 from tests.integration.handlers import read_store, scripted
-from tests.integration.runner import REPO
-from tests.integration.test_cli import CLI, cli_env, spawn_cli, summary_of
+from tests.integration.test_cli import cli_env, run_cli, spawn_cli, summary_of
 from tests.kafka_helpers import KafkaTestEnv, unique_name, wait_for
 
 
@@ -37,14 +35,8 @@ def test_first_run_on_a_freshly_started_broker(
         topic = kafka.create_topic("fresh", partitions=3)
         kafka.produce(topic, [b"ok:"] * 30)
         group = unique_name("g")
-        result = subprocess.run(
-            [*CLI, *batch_args(kafka.bootstrap, topic, group)],
-            cwd=REPO,
-            env=cli_env(tmp_path / "store.jsonl"),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
+        result = run_cli(
+            batch_args(kafka.bootstrap, topic, group), cli_env(tmp_path / "store.jsonl"), 180
         )
         assert result.returncode == 0, result.stderr
         assert "Traceback" not in result.stderr

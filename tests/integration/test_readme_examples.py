@@ -13,7 +13,13 @@ from typing import Any
 from procpool_kafka import ProcPoolConsumer
 from procpool_kafka.retry import H_ATTEMPT
 from tests.integration.handlers import read_store, scripted
-from tests.integration.test_cli import CLI, HANDLER, REPO, _free_port, cli_env, summary_of
+from tests.integration.test_cli import (
+    HANDLER,
+    _free_port,
+    cli_env,
+    run_cli,
+    summary_of,
+)
 from tests.kafka_helpers import KafkaTestEnv, unique_name
 from tests.readme_blocks import blocks_run_by
 
@@ -130,15 +136,7 @@ def test_command_line_example(kafka: KafkaTestEnv, tmp_path: Path) -> None:
     ).replace("tiles", topic)
     argv = shlex.split(command)
     assert argv[0] == "procpool-kafka"
-    result = subprocess.run(
-        [*CLI, *argv[1:], "--until-end"],
-        cwd=REPO,
-        env=cli_env(tmp_path / "store.jsonl"),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    result = run_cli([*argv[1:], "--until-end"], cli_env(tmp_path / "store.jsonl"), timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(result.stdout)
     assert (summary["ok"], summary["retried"]) == ("10", "1"), "the copy is due in 15 s"
