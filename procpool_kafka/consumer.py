@@ -1,25 +1,31 @@
-"""ProcPoolConsumer: the poll loop and the rebalance callbacks; it wires the other modules.
+"""ProcPoolConsumer: the lifecycle and the loop step; it wires the other modules.
 
 Data flow (one thread of the consumer process owns all of it; see docs/architecture.md)::
 
-    consume() --Message--> _accept --Record--> Dispatcher --batches--> WorkerPool --> workers
-       |                     |  tracker.received()                        |
-       |                     '-- paused partition: discard, seek back     | RecordFinished /
-       |                        on resume (PauseBook)                     | RecordAborted
-       |                                                                  v
-       |  on_assign / on_revoke / on_lost             _handle_event: fence by task id, then
-       |   revoke: cancel unstarted, drain running      ok -> tracker.done()
-       |   until revoke_timeout, kill the rest          failed -> log, tracker.done()
-       |   (Supervisor), commit sync, forget            crashed -> re-dispatch or WorkerCrashed
-       |                                                  (cancelled: left to the next owner)
+    consume() --Message--> Intake.accept --Record--> Dispatcher --tasks--> WorkerPool --> workers
+       |                     | in flight (InFlightRecords),                  |
+       |                     | tracker.received(); not-due retries held      | RecordFinished /
+       |                     | (DelaySchedule); paused: discard, seek back   | RecordAborted
+       |                     v on resume (PauseBook)                         v
+       |                                                        OutcomeHandler.handle: fenced by
+       |  Rebalance.on_assign / on_revoke / on_lost              task id; ok -> tracker.done();
+       |   revoke: drain (drop unstarted, the Supervisor         failed -> FailureRouter (retry /
+       |   kills what outlives revoke_timeout), commit sync,     DLQ copy), done when acked;
+       |   forget                                                crashed -> dispatched again
        v
-    commit(async, every commit_interval) <-- tracker.commits_due()
+    Committer: async every commit_interval, sync at revoke and stop <-- tracker's done prefix
 
-Invariants kept here: offsets are committed only up to the contiguous done prefix
+One step of the loop (``_step``) serves the work (``_serve_work``: snapshot, outcomes, retry
+acknowledgements, due retries, deadlines, dispatch; a drain runs the same), applies
+backpressure, then consumes as much as in-flight has room for, waiting on whichever side
+(the pool or the broker) has something to say. A stop drains every owned partition like a
+revoke, with ``revoke_timeout``, and commits.
+
+Invariants kept by these modules: offsets are committed only up to the contiguous done prefix
 (OffsetTracker); nothing is committed for a partition after it was revoked or lost, and
-outcomes of an earlier assignment are ignored (each in-flight record remembers the pool task
-that runs it); the loop never blocks for long except the revoke drain (bounded by
-revoke_timeout); at most max_in_flight records are queued or running.
+outcomes of an earlier assignment are ignored (InFlightRecords' task-id fence); the loop never
+blocks for long except the revoke drain (bounded by revoke_timeout); at most max_in_flight
+records are queued or running (Intake).
 """
 
 from __future__ import annotations
@@ -28,18 +34,18 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import cloudpickle
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from procpool_kafka.broker_health import STATS_INTERVAL_MS, BrokerHealth
 from procpool_kafka.cluster_check import check_cluster
-from procpool_kafka.committer import Committer, describe
+from procpool_kafka.committer import Committer
 from procpool_kafka.config import ConsumerConfig, redact
 from procpool_kafka.dispatch import BatchSizer, Dispatcher
 from procpool_kafka.errors import (
@@ -47,37 +53,19 @@ from procpool_kafka.errors import (
     ConfigError,
     EndNotCommittedError,
     HandlerLoadError,
-    KafkaCallError,
-    WorkerCrashed,
 )
+from procpool_kafka.inflight import InFlightRecords, OutcomeHandler
+from procpool_kafka.intake import Intake
 from procpool_kafka.librdkafka_log import with_librdkafka_logger
 from procpool_kafka.metrics import Counters, PartitionState, RunSummary, Snapshot
 from procpool_kafka.offsets import OffsetTracker
 from procpool_kafka.outcomes import FailureRouter
 from procpool_kafka.pausing import PauseBook, PauseReason
-from procpool_kafka.pool import PoolEvent, RecordAborted, RecordFinished, WorkerPool
-from procpool_kafka.records import (
-    HandlerError,
-    Record,
-    RecordId,
-    RunningRecord,
-    TopicPartition,
-    message_headers,
-    now_ms,
-    record_from_message,
-    record_id,
-)
-from procpool_kafka.retry import (
-    Decision,
-    DelaySchedule,
-    MalformedRetryHeaders,
-    RetryInfo,
-    RetryPolicy,
-    Route,
-    read_retry_headers,
-    retry_policy_for,
-)
-from procpool_kafka.supervisor import KillReason, Supervisor, running_in
+from procpool_kafka.pool import WorkerPool
+from procpool_kafka.rebalance import PartitionWork, Rebalance
+from procpool_kafka.records import Record, TopicPartition, now_ms
+from procpool_kafka.retry import DelaySchedule, RetryPolicy
+from procpool_kafka.supervisor import KILL_SETTLE_SECONDS, KillReason, Supervisor
 from procpool_kafka.until_end import BatchRun
 
 log = logging.getLogger(__name__)
@@ -90,33 +78,21 @@ BUSY_POLL_SECONDS = 0.01
 IDLE_POLL_SECONDS = 0.1
 #: most messages taken from one consume() call
 MAX_CONSUME_BATCH = 1000
-#: at max_in_flight the loop first just stops fetching (librdkafka keeps what it prefetched);
-#: only when that lasts this long are the partitions paused, so that consume() can be called
-#: again (rebalance callbacks, max.poll.interval.ms) without taking more records. A pause costs
-#: librdkafka's prefetched records and about 0.7 s of refetch latency on resume (measured), so
-#: light handlers must not pay it on every fill.
-PAUSE_AFTER_FULL_SECONDS = 1.0
-#: resume backpressure-paused partitions when in-flight falls to this share of max_in_flight
-RESUME_FRACTION = 0.75
 #: seconds between snapshots published for the metrics endpoint
 SNAPSHOT_INTERVAL = 1.0
-#: how long a drain waits on the pool per round
-DRAIN_COLLECT_SECONDS = 0.05
-#: after a drain's deadline, how long it waits for the killed work to report before giving up
-KILL_SETTLE_SECONDS = 5.0
 #: close() waits revoke_timeout + KILL_SETTLE_SECONDS + this for librdkafka's close (its
 #: revoke callback drains, then commits for up to 10 s)
 CLOSE_MARGIN_SECONDS = 20.0
 
 
-@dataclass
-class _InFlight:
-    """A received record that is not done yet."""
+@dataclass(frozen=True)
+class _Session:
+    """What exists only between ``open()`` and ``close()``."""
 
-    record: Record
-    task_id: int | None = None  # pool task running it; None while waiting to be dispatched
-    crashes: int = 0
-    retry_info: RetryInfo | None = None  # what its retry headers said (retry topics only)
+    kafka: Consumer
+    work: PartitionWork
+    intake: Intake
+    rebalance: Rebalance
 
 
 class ProcPoolConsumer:
@@ -143,16 +119,8 @@ class ProcPoolConsumer:
         self._tracker = OffsetTracker()
         self._supervisor = Supervisor(config.task_timeout, config.heartbeat_timeout)
         self._sizer = BatchSizer(config.batch_size, config.max_batch_size)
-        self._inflight: dict[RecordId, _InFlight] = {}
+        self._inflight = InFlightRecords()
         self._owned: set[TopicPartition] = set()
-        self._draining: set[TopicPartition] = set()  # being revoked or stopped right now
-        self._backpressure = False
-        self._full_since: float | None = None
-        self._pool: WorkerPool | None = None
-        self._consumer: Consumer | None = None
-        self._dispatcher: Dispatcher | None = None
-        self._pauses: PauseBook | None = None
-        self._router: FailureRouter | None = None
         self._schedule = DelaySchedule()
         self._retry_policies: list[RetryPolicy] = list(config.retry)
         self._health = BrokerHealth()
@@ -163,11 +131,12 @@ class ProcPoolConsumer:
             config.connect_timeout,
             on_success=self._health.mark_up,
         )
+        self._open: _Session | None = None
         self._snapshot: Snapshot | None = None
         self._last_snapshot = 0.0
         self._running = False
         self._force_stop = False
-        self._batch: BatchRun | None = None  # the batch run in progress (until_end)
+        self._until_end: BatchRun | None = None  # the until-end run in progress
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -194,7 +163,7 @@ class ProcPoolConsumer:
 
     def worker_pids(self) -> list[int]:
         """Pids of the live worker processes (empty before ``open()``)."""
-        return [] if self._pool is None else self._pool.pids()
+        return [] if self._open is None else self._open.work.pool.pids()
 
     def assignment(self) -> list[TopicPartition]:
         """The partitions this consumer owns now."""
@@ -202,11 +171,11 @@ class ProcPoolConsumer:
 
     def paused(self) -> list[TopicPartition]:
         """The owned partitions that are paused now (backpressure or a record not yet due)."""
-        return [] if self._pauses is None else sorted(self._pauses.paused())
+        return [] if self._open is None else sorted(self._open.work.pauses.paused())
 
     def open(self) -> None:
         """Check the cluster and topics, start the worker pool, subscribe."""
-        if self._consumer is not None:
+        if self._open is not None:
             return
         check_cluster(self._config)
         pool = WorkerPool(
@@ -216,32 +185,72 @@ class ProcPoolConsumer:
             max_worker_rss_mb=self._config.max_worker_rss_mb,
         )
         pool.start()
-        self._pool = pool
-        self._dispatcher = Dispatcher(pool, self._sizer, self._config.max_in_flight)
-        self._router = FailureRouter(
+        dispatcher = Dispatcher(pool, self._sizer, self._config.max_in_flight)
+        router = FailureRouter(
             self._retry_policies,
             self._config.group_id,
             with_librdkafka_logger(self._config.producer_settings(), "producer"),
-            self._routed,
+            # acknowledgements arrive in router.poll(), once ``outcomes`` below exists
+            lambda record, decision, copy: outcomes.routed(record, decision, copy),  # noqa: PLW0108
             self._counters,
         )
         try:
-            self._router.start()  # invalid producer settings fail here, not at a first failure
-            consumer = Consumer(self._kafka_settings())
+            router.start()  # invalid producer settings fail here, not at a first failure
+            kafka = Consumer(self._kafka_settings())
         except ConfigError:
             pool.terminate()
             raise
         except KafkaException as error:
             pool.terminate()
             raise ConfigError(f"invalid Kafka consumer settings: {error}") from error
-        self._consumer = consumer
-        self._committer.attach(consumer)
-        self._pauses = PauseBook(self._pause, self._resume, self._seek)
-        consumer.subscribe(
+        self._committer.attach(kafka)
+        draining: set[TopicPartition] = set()
+        outcomes = OutcomeHandler(
+            self._inflight,
+            self._tracker,
+            self._counters,
+            self._sizer,
+            self._config.crash_limit,
+            draining=draining.__contains__,
+            requeue=dispatcher.requeue_front,
+            route=router.route,
+            retry_copy_made=self._retry_copy_made,
+        )
+        work = PartitionWork(
+            owned=self._owned,
+            draining=draining,
+            inflight=self._inflight,
+            tracker=self._tracker,
+            dispatcher=dispatcher,
+            schedule=self._schedule,
+            pool=pool,
+            router=router,
+            pauses=PauseBook(*_pause_actions(kafka)),
+            outcomes=outcomes,
+        )
+        intake = Intake(
+            work,
+            retry_policies=self._retry_policies,
+            counters=self._counters,
+            max_in_flight=self._config.max_in_flight,
+            on_messages=self._health.mark_up,
+        )
+        rebalance = Rebalance(
+            work,
+            self._supervisor,
+            self._committer,
+            self._counters,
+            self._config.revoke_timeout,
+            serve_work=self._serve_work,
+            forced=lambda: self._force_stop,
+            on_assigned=self._health.mark_up,
+        )
+        self._open = _Session(kafka, work, intake, rebalance)
+        kafka.subscribe(
             self._config.subscribed_topics(),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+            on_assign=rebalance.on_assign,
+            on_revoke=rebalance.on_revoke,
+            on_lost=rebalance.on_lost,
         )
         log.info(
             "consuming %s as group %r with %d workers",
@@ -249,6 +258,11 @@ class ProcPoolConsumer:
             self._config.group_id,
             pool.size,
         )
+
+    def _session(self) -> _Session:
+        if self._open is None:
+            raise RuntimeError("the consumer is not open")
+        return self._open
 
     def _kafka_settings(self) -> dict[str, Any]:
         settings = with_librdkafka_logger(self._config.librdkafka_settings(), "consumer")
@@ -273,23 +287,21 @@ class ProcPoolConsumer:
         return self._snapshot
 
     def progress(self) -> tuple[int, int] | None:
-        """(records handled, records to handle) of a batch run, or None outside one."""
-        if self._batch is None:
+        """(records handled, records to handle) of an until-end run, or None outside one."""
+        if self._until_end is None:
             return None
         handled = sum(self._counters.succeeded.values()) + sum(self._counters.failed.values())
-        return handled, self._batch.targets.total
+        return handled, self._until_end.targets.total
 
     def close(self) -> None:
         """Leave the group and stop the workers (after ``run()`` returned, or instead of it)."""
         if self._closed:
             return
         self._closed = True
-        if self._consumer is not None:
-            self._close_kafka_consumer(self._consumer)
-        if self._router is not None:
-            self._router.close()
-        if self._pool is not None:
-            self._pool.close()
+        if self._open is not None:
+            self._close_kafka_consumer(self._open.kafka)
+            self._open.work.router.close()
+            self._open.work.pool.close()
 
     def _close_kafka_consumer(self, consumer: Consumer) -> None:
         """Leave the group (the revoke callback drains and commits), within a bounded time.
@@ -335,13 +347,13 @@ class ProcPoolConsumer:
         self.open()
         started = time.monotonic()
         baseline = self._counters.copy()
-        self._batch = None
+        self._until_end = None
         if until_end:
-            self._batch = BatchRun.start(self._require_consumer(), self._config, wait_retries)
+            self._until_end = BatchRun.start(self._session().kafka, self._config, wait_retries)
             log.info(
                 "batch run: %d records in %d partitions to reach the end",
-                self._batch.targets.total,
-                len(self._batch.targets.remaining()),
+                self._until_end.targets.total,
+                len(self._until_end.targets.remaining()),
             )
         self._running = True
         reached_end = False
@@ -349,7 +361,7 @@ class ProcPoolConsumer:
             try:
                 while not self._stop_requested.is_set():
                     self._step()
-                    if self._batch is not None and self._batch_complete():
+                    if self._reached_end():
                         log.info("reached the end of every partition")
                         reached_end = True
                         break
@@ -363,7 +375,7 @@ class ProcPoolConsumer:
             self._stop_requested.clear()
             self._force_stop = False
             self._publish_snapshot()
-        committed = self._batch.commit_report() if reached_end and self._batch else None
+        committed = self._until_end.commit_report() if reached_end and self._until_end else None
         summary = self._counters.summary(time.monotonic() - started, since=baseline)
         summary = dataclasses.replace(summary, end_commit=committed)
         log.info("stopped: %s", summary.describe())
@@ -374,357 +386,79 @@ class ProcPoolConsumer:
             )
         return summary
 
-    def _batch_complete(self) -> bool:
-        assert self._batch is not None
-        return self._batch.complete(self._tracker.position, self._owned)
+    def _reached_end(self) -> bool:
+        run = self._until_end
+        return run is not None and run.complete(self._tracker.position, self._owned)
+
+    def _retry_copy_made(self, tp: TopicPartition, offset: int) -> None:
+        """A retry copy was acknowledged: an until-end run waits for it (``wait_retries``)."""
+        if self._until_end is not None:
+            self._until_end.copy_made(tp, offset)
 
     def _step(self) -> None:
-        pool, consumer = self._require_pool(), self._require_consumer()
+        session = self._session()
+        pool, kafka, intake = session.work.pool, session.kafka, session.intake
         if self._health.down_for() > self._config.broker_timeout:
             raise BrokerUnavailableError(
                 f"Kafka at {self._config.bootstrap_servers} unreachable for more than "
                 f"{self._config.broker_timeout:g}s: {self._health.last_error}"
             )
         self._serve_work(0)
-        self._apply_backpressure()
-        capacity = self._config.max_in_flight - len(self._inflight)
+        intake.apply_backpressure()
+        capacity = intake.capacity()
         wait = IDLE_POLL_SECONDS
         next_due = self._schedule.next_due_ms()
         if next_due is not None:
             wait = min(wait, max(0.0, (next_due - now_ms()) / 1000))
-        if capacity <= 0 and not self._backpressure:
+        outcomes = session.work.outcomes
+        if capacity <= 0 and not intake.backpressure:
             # full: take nothing more for now, wait for outcomes (see PAUSE_AFTER_FULL_SECONDS)
-            self._handle_events(pool.collect(min(wait, BUSY_POLL_SECONDS * 5)))
+            outcomes.handle(pool.collect(min(wait, BUSY_POLL_SECONDS * 5)))
             messages = []
-        elif capacity <= 0 or self._all_paused():
+        elif capacity <= 0 or intake.all_paused():
             # nothing to fetch: wait on the workers instead, then let librdkafka serve callbacks
-            self._handle_events(pool.collect(wait if pool.outstanding() else 0))
-            messages = consumer.consume(1, timeout=0 if pool.outstanding() else wait)
+            outcomes.handle(pool.collect(wait if pool.outstanding() else 0))
+            messages = kafka.consume(1, timeout=0 if pool.outstanding() else wait)
         elif pool.outstanding():
             # the workers need feeding more than the broker needs waiting for: block on the
             # pool (outcomes wake it), then take whatever librdkafka has without waiting
-            self._handle_events(pool.collect(min(wait, BUSY_POLL_SECONDS)))
-            messages = consumer.consume(min(capacity, MAX_CONSUME_BATCH), timeout=0)
+            outcomes.handle(pool.collect(min(wait, BUSY_POLL_SECONDS)))
+            messages = kafka.consume(min(capacity, MAX_CONSUME_BATCH), timeout=0)
         else:
-            messages = consumer.consume(min(capacity, MAX_CONSUME_BATCH), timeout=wait)
-        self._accept(messages)
-        self._committer.commit_if_due(self._require_pauses().is_paused)
+            messages = kafka.consume(min(capacity, MAX_CONSUME_BATCH), timeout=wait)
+        intake.accept(messages)
+        self._committer.commit_if_due(session.work.pauses.is_paused)
 
     def _serve_work(self, collect_timeout: float) -> None:
         """The part of a loop step that a rebalance drain shares: snapshots, outcomes,
         retry/DLQ acknowledgements, due retries, deadline checks, dispatch."""
+        session = self._session()
+        work = session.work
         if time.monotonic() - self._last_snapshot >= SNAPSHOT_INTERVAL:
             self._publish_snapshot()
-        self._handle_events(self._require_pool().collect(collect_timeout))
-        self._require_router().poll()
-        self._release_due()
-        self._supervise()
-        self._require_dispatcher().fill(self._submitted)
+        work.outcomes.handle(work.pool.collect(collect_timeout))
+        work.router.poll()
+        session.intake.release_due()
+        self._supervise(work.pool)
+        work.dispatcher.fill(self._inflight.submitted)
 
-    def _all_paused(self) -> bool:
-        pauses = self._require_pauses()
-        return bool(self._owned) and all(pauses.is_paused(tp) for tp in self._owned)
-
-    def _accept(self, messages: list[Message]) -> None:
-        if messages:
-            self._health.mark_up()
-        pauses = self._require_pauses()
-        dispatcher = self._require_dispatcher()
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                self._on_message_error(error)
-                continue
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            if topic is None or partition is None or offset is None:
-                continue
-            tp = TopicPartition(topic, partition)
-            if tp not in self._owned:
-                continue
-            if pauses.is_paused(tp) or len(self._inflight) >= self._config.max_in_flight:
-                # pause() does not un-deliver what was already fetched: fetch it again later
-                pauses.discarded(tp, offset)
-                if not pauses.is_paused(tp):
-                    pauses.pause([tp], PauseReason.BACKPRESSURE)
-                    self._backpressure = True
-                continue
-            retry_info = self._retry_info(message, topic)
-            attempt = 1 if retry_info is None else retry_info.attempt
-            record = record_from_message(message, attempt=attempt)
-            self._tracker.received(tp, offset)
-            self._inflight[(topic, partition, offset)] = _InFlight(record, retry_info=retry_info)
-            self._counters.consumed[topic] += 1
-            if retry_info is not None and retry_info.not_before_ms > now_ms():
-                # not due: hold it here and pause its partition until it is
-                log.debug("holding %r until %d", record, retry_info.not_before_ms)
-                self._schedule.hold(tp, record, retry_info.not_before_ms)
-                pauses.pause([tp], PauseReason.NOT_DUE)
-            else:
-                dispatcher.enqueue(record)
-
-    def _retry_info(self, message: Message, topic: str) -> RetryInfo | None:
-        """Our retry headers, honoured on configured retry topics only (invariant 6)."""
-        policy = retry_policy_for(self._retry_policies, topic)
-        if policy is None:
-            return None
-        now = now_ms()
-        try:
-            return read_retry_headers(message_headers(message), now, policy.backoff.max_delay)
-        except MalformedRetryHeaders as error:
-            log.warning(
-                "%s[%s]@%s has malformed retry headers (%s); treating it as its last attempt",
-                topic,
-                message.partition(),
-                message.offset(),
-                error,
-            )
-            return RetryInfo(policy.max_attempts, now, None, None, None, None)
-
-    def _release_due(self) -> None:
-        """Dispatch held retry records whose not-before passed; resume their partitions."""
-        if not len(self._schedule):
-            return
-        due = self._schedule.pop_due(now_ms())
-        for record in due:
-            log.debug("%r is due", record)
-            self._require_dispatcher().enqueue(record)
-        if due:
-            self._require_pauses().release(
-                [record.topic_partition for record in due], PauseReason.NOT_DUE
-            )
-
-    def _on_message_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._PARTITION_EOF:
-            return
-        if error.fatal():
-            raise KafkaCallError(f"fatal Kafka consumer error: {error.str()}")
-        log.warning("consumer error: %s", error.str())
-
-    def _submitted(self, task_id: int, records: list[Record]) -> None:
-        for record in records:
-            entry = self._inflight.get(record_id(record))
-            if entry is not None:
-                entry.task_id = task_id
-
-    # ------------------------------------------------------------------ outcomes
-
-    def _handle_events(self, events: Iterable[PoolEvent]) -> None:
-        for event in events:
-            entry = self._inflight.get(record_id(event.record))
-            if entry is None or entry.task_id != event.task_id:
-                continue  # an outcome of an earlier assignment or dispatch: fenced
-            if isinstance(event, RecordFinished):
-                self._sizer.observe(event.duration)
-                self._counters.durations.observe(event.duration)
-                if event.error is None:
-                    self._counters.succeeded[event.record.topic] += 1
-                    self._complete(entry)
-                else:
-                    self._fail(entry, event.error)
-            else:
-                self._on_aborted(entry, event)
-
-    def _on_aborted(self, entry: _InFlight, event: RecordAborted) -> None:
-        record = entry.record
-        if event.killed:
-            try:
-                reason = KillReason(event.reason)
-            except ValueError:
-                reason = None
-            failure = reason.failure if reason is not None else None
-            if failure is not None:
-                error = HandlerError.of_type(failure, f"worker {event.pid} killed: {event.reason}")
-                self._fail(entry, error)
-            else:
-                # killed at a revoke, stop or loss deadline: not done, the next owner runs it
-                self._inflight.pop(record_id(record), None)
-            return
-        self._counters.worker_crashes += 1
-        if event.cancelled or record.topic_partition in self._draining:
-            # its partition is being revoked (or the consumer stops): not done, not run here
-            # again; the next owner (or the next run) handles it
-            log.warning(
-                "worker %d died (%s) running %r of a partition being given up; not run again here",
-                event.pid,
-                event.reason,
-                record,
-            )
-            self._inflight.pop(record_id(record), None)
-            return
-        entry.crashes += 1
-        if entry.crashes >= self._config.crash_limit:
-            message = (
-                f"worker died {entry.crashes} times running this record (last: {event.reason})"
-            )
-            self._fail(entry, HandlerError.of_type(WorkerCrashed, message))
-            return
-        log.warning(
-            "worker %d died (%s) running %r; dispatching it again (%d/%d)",
-            event.pid,
-            event.reason,
-            record,
-            entry.crashes,
-            self._config.crash_limit,
-        )
-        entry.task_id = None
-        self._require_dispatcher().requeue_front(record)
-
-    def _fail(self, entry: _InFlight, error: HandlerError) -> None:
-        """A handler attempt failed: the router copies it to a retry or dead-letter topic.
-
-        The record stays in flight (its offset not done) until the copy is acknowledged.
-        """
-        entry.task_id = None
-        self._require_router().route(entry.record, error, entry.retry_info)
-
-    def _routed(self, record: Record, decision: Decision, copy: RecordId | None) -> None:
-        """The failed record's copy was acknowledged (or it needs none): its offset is done."""
-        entry = self._inflight.get(record_id(record))
-        if entry is not None and entry.record is record:
-            self._complete(entry)
-        if self._batch is not None and copy is not None and decision.route is Route.RETRY:
-            topic, partition, offset = copy
-            self._batch.copy_made(TopicPartition(topic, partition), offset)
-
-    def _complete(self, entry: _InFlight) -> None:
-        record = entry.record
-        self._inflight.pop(record_id(record), None)
-        self._tracker.done(record.topic_partition, record.offset)
-
-    # ------------------------------------------------------------------ supervision
-
-    def _supervise(self) -> None:
-        pool = self._require_pool()
+    def _supervise(self, pool: WorkerPool) -> None:
         running = pool.running()
         if not running:
             return
         for order in self._supervisor.overdue(running, time.monotonic(), self._owned.__contains__):
-            self._kill(order.reason, order.running)
+            if pool.kill(order.pid, order.reason, order.running):
+                record = order.running.record
+                log.warning("killing worker %d running %r: %s", order.pid, record, order.reason)
+                self._counters.worker_kills[order.reason.value] += 1
+            # else: already being killed (the supervisor sees it running until it is gone)
         self._supervisor.prune_orphans(item.record.topic_partition for item in running)
-
-    def _kill(self, reason: KillReason, running: RunningRecord) -> None:
-        pid = running.pid
-        if not self._require_pool().kill(pid, reason.value, running):
-            return  # already being killed (the supervisor sees it running until it is gone)
-        log.warning("killing worker %d running %r: %s", pid, running.record, reason.value)
-        self._counters.worker_kills[reason.value] += 1
-
-    def _apply_backpressure(self) -> None:
-        pauses = self._require_pauses()
-        in_flight = len(self._inflight)
-        limit = self._config.max_in_flight
-        if in_flight < limit:
-            self._full_since = None
-        elif self._full_since is None:
-            self._full_since = time.monotonic()
-        if self._full_since is not None:
-            if time.monotonic() - self._full_since >= PAUSE_AFTER_FULL_SECONDS:
-                # full for a while: pause (also partitions assigned meanwhile) and poll again
-                pauses.pause(self._owned, PauseReason.BACKPRESSURE)
-                self._backpressure = True
-        elif self._backpressure and in_flight <= int(limit * RESUME_FRACTION):
-            pauses.release(pauses.paused_by(PauseReason.BACKPRESSURE), PauseReason.BACKPRESSURE)
-            self._backpressure = False
-
-    # ------------------------------------------------------------------ rebalancing
-
-    def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        self._health.mark_up()
-        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
-        if partitions:
-            # librdkafka keeps a partition's pause flag when it is revoked while paused and
-            # assigned again later (it never fetched again: test_pauses_across_rebalances);
-            # a partition comes back unpaused, as our PauseBook forgot it
-            try:
-                consumer.resume(partitions)
-            except KafkaException as error:
-                log.debug("resuming newly assigned partitions: %s", error)
-        self._counters.rebalances += 1
-        self._owned.update(tps)
-        self._supervisor.adopt(tps)
-        log.info("assigned: %s", describe(tps))
-
-    def _on_revoke(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        tps = {TopicPartition(p.topic, p.partition) for p in partitions}
-        if not tps:
-            return
-        self._counters.rebalances += 1
-        log.info("revoked: %s; draining their running work", describe(tps))
-        self._drain(tps, self._config.revoke_timeout, KillReason.REVOKE_TIMEOUT)
-        self._committer.commit_sync(tps)
-        self._forget(tps)
-
-    def _on_lost(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        tps = {TopicPartition(p.topic, p.partition) for p in partitions}
-        self._counters.rebalances += 1
-        log.warning("lost: %s; their work is dropped without commit", describe(tps))
-        self._require_dispatcher().drop(tps)
-        self._schedule.drop(tps)
-        self._require_pool().cancel(lambda record: record.topic_partition in tps)
-        self._supervisor.orphan(tps, time.monotonic() + self._config.revoke_timeout)
-        self._forget(tps)
-
-    def _drain(self, tps: set[TopicPartition], timeout: float, reason: KillReason) -> None:
-        """Drop unstarted work of ``tps``, wait for its running work, kill it at the deadline.
-
-        Each round is the loop's own service step (`_serve_work`): kept partitions keep
-        being dispatched and supervised (task timeout, heartbeats) and snapshots keep being
-        published. The drain ends when every record of ``tps`` given to the pool has
-        reported back and their retry/DLQ copies are acknowledged; at the latest
-        ``KILL_SETTLE_SECONDS`` after the deadline (killed workers are SIGKILLed, so they
-        are gone long before; what is still unsettled then stays uncommitted).
-        """
-        pool = self._require_pool()
-        for record in [*self._require_dispatcher().drop(tps), *self._schedule.drop(tps)]:
-            self._inflight.pop(record_id(record), None)
-        pool.cancel(lambda record: record.topic_partition in tps)
-        self._draining |= tps
-        deadline = time.monotonic() + timeout
-        try:
-            while self._unsettled_tasks(tps) or self._require_router().pending(tps):
-                now = time.monotonic()
-                if self._force_stop:
-                    deadline = min(deadline, now)  # a forced stop during a graceful drain
-                if now >= deadline:
-                    if now >= deadline + KILL_SETTLE_SECONDS:
-                        log.error("work of %s did not settle after the kill", describe(tps))
-                        break
-                    for item in running_in(pool.running(), tps):
-                        self._kill(reason, item)  # once per worker: pool.kill is idempotent
-                self._serve_work(DRAIN_COLLECT_SECONDS)
-            self._handle_events(pool.collect(0))  # outcomes already produced count
-        finally:
-            self._draining -= tps
-
-    def _unsettled_tasks(self, tps: set[TopicPartition]) -> set[int]:
-        """Pool tasks of ``tps`` whose records have not all reported back."""
-        in_pool = self._require_pool().busy_task_ids()
-        return {
-            entry.task_id
-            for entry in self._inflight.values()
-            if entry.task_id is not None
-            and entry.task_id in in_pool
-            and entry.record.topic_partition in tps
-        }
-
-    def _forget(self, tps: set[TopicPartition]) -> None:
-        """The partitions left this consumer (revoked or lost)."""
-        self._drop_partition_state(tps)
-        self._require_pauses().forget(tps)
-        self._owned.difference_update(tps)
-
-    def _drop_partition_state(self, tps: set[TopicPartition]) -> None:
-        """Forget the records of ``tps`` in flight, their offsets and pending copies."""
-        for key in [k for k, e in self._inflight.items() if e.record.topic_partition in tps]:
-            del self._inflight[key]
-        for tp in tps:
-            self._tracker.forget(tp)
-        self._require_router().forget(tps)
 
     def _serve_callbacks(self, seconds: float) -> None:
         """Poll for ``seconds`` so that librdkafka serves rebalances (records of paused
         partitions that still arrive are discarded and fetched again later)."""
-        self._accept(self._require_consumer().consume(1, timeout=seconds))
+        session = self._session()
+        session.intake.accept(session.kafka.consume(1, timeout=seconds))
 
     # ------------------------------------------------------------------ stopping
 
@@ -734,8 +468,9 @@ class ProcPoolConsumer:
         log.info("stopping: draining running work (up to %gs)", timeout)
         owned = set(self._owned)
         if owned:
-            self._require_pauses().pause(owned, PauseReason.STOPPING)
-            self._drain(owned, timeout, KillReason.STOP_TIMEOUT)
+            session = self._session()
+            session.work.pauses.pause(owned, PauseReason.STOPPING)
+            session.rebalance.drain(owned, timeout, KillReason.STOP_TIMEOUT)
             self._committer.commit_sync(owned, serve=self._serve_callbacks)
 
     def _shutdown_interruptibly(self) -> None:
@@ -758,13 +493,14 @@ class ProcPoolConsumer:
         sought back to its first unfinished offset and resumed, as a restart would resume
         from the commit, so that a later ``run()`` on this consumer sees those records again.
         """
-        pauses = self._require_pauses()
+        session = self._session()
+        pauses = session.work.pauses
         unfinished = {}
         for tp in self._owned:
             first = self._tracker.first_pending(tp)
             if first is not None:
                 unfinished[tp] = first
-        self._drop_partition_state(set(unfinished))
+        session.rebalance.drop_partition_state(set(unfinished))
         for tp, first in unfinished.items():
             pauses.discarded(tp, first)  # sought back there when the pause is released
         owned = sorted(self._owned)
@@ -777,7 +513,7 @@ class ProcPoolConsumer:
         """Publish an immutable view of the state for other threads (metrics, health)."""
         self._last_snapshot = time.monotonic()
         counters = self._counters
-        pauses = self._pauses
+        work = None if self._open is None else self._open.work
         partitions = tuple(
             PartitionState(
                 topic=tp.topic,
@@ -785,11 +521,10 @@ class ProcPoolConsumer:
                 committed=self._tracker.committed(tp),
                 position=self._tracker.position(tp),
                 high_watermark=self._health.high_watermark(tp),
-                paused=pauses is not None and pauses.is_paused(tp),
+                paused=work is not None and work.pauses.is_paused(tp),
             )
             for tp in sorted(self._owned)
         )
-        pool = self._pool
         self._snapshot = Snapshot(
             taken_at=time.time(),
             consumed=dict(counters.consumed),
@@ -799,59 +534,42 @@ class ProcPoolConsumer:
             dead_lettered=dict(counters.dead_lettered),
             in_flight=len(self._inflight),
             partitions=partitions,
-            worker_restarts=pool.restarts() if pool is not None else {},
+            worker_restarts=work.pool.restarts() if work is not None else {},
             worker_kills=dict(counters.worker_kills),
             rebalances=counters.rebalances,
             durations=counters.durations.copy(),
             workers_configured=self._config.worker_count,
-            workers_alive=len(pool.pids()) if pool is not None else 0,
-            subscribed=self._consumer is not None and not self._closed,
+            workers_alive=len(work.pool.pids()) if work is not None else 0,
+            subscribed=work is not None and not self._closed,
             broker_reachable=self._health.reachable,
             running=self._running,
-            producer_ok=self._router is None or self._router.healthy,
+            producer_ok=work is None or work.router.healthy,
         )
-
-    # ------------------------------------------------------------------ librdkafka actions
-
-    def _pause(self, tps: list[TopicPartition]) -> None:
-        self._require_consumer().pause([KafkaTopicPartition(t, p) for t, p in tps])
-
-    def _resume(self, tps: list[TopicPartition]) -> None:
-        self._require_consumer().resume([KafkaTopicPartition(t, p) for t, p in tps])
-
-    def _seek(self, tp: TopicPartition, offset: int) -> None:
-        try:
-            self._require_consumer().seek(KafkaTopicPartition(tp.topic, tp.partition, offset))
-        except KafkaException as error:
-            log.warning("seek of %s[%d] to %d failed: %s", tp.topic, tp.partition, offset, error)
-
-    # ------------------------------------------------------------------ accessors
-
-    def _require_pool(self) -> WorkerPool:
-        if self._pool is None:
-            raise RuntimeError("the consumer is not open")
-        return self._pool
-
-    def _require_consumer(self) -> Consumer:
-        if self._consumer is None:
-            raise RuntimeError("the consumer is not open")
-        return self._consumer
-
-    def _require_dispatcher(self) -> Dispatcher:
-        if self._dispatcher is None:
-            raise RuntimeError("the consumer is not open")
-        return self._dispatcher
-
-    def _require_router(self) -> FailureRouter:
-        if self._router is None:
-            raise RuntimeError("the consumer is not open")
-        return self._router
-
-    def _require_pauses(self) -> PauseBook:
-        if self._pauses is None:
-            raise RuntimeError("the consumer is not open")
-        return self._pauses
 
     def __repr__(self) -> str:
         settings = redact(self._config.kafka_config)
         return f"ProcPoolConsumer(group={self._config.group_id!r}, kafka_config={settings})"
+
+
+def _pause_actions(
+    kafka: Consumer,
+) -> tuple[
+    Callable[[list[TopicPartition]], None],
+    Callable[[list[TopicPartition]], None],
+    Callable[[TopicPartition, int], None],
+]:
+    """librdkafka's pause, resume and seek, in our TopicPartition terms (for PauseBook)."""
+
+    def pause(tps: list[TopicPartition]) -> None:
+        kafka.pause([KafkaTopicPartition(t, p) for t, p in tps])
+
+    def resume(tps: list[TopicPartition]) -> None:
+        kafka.resume([KafkaTopicPartition(t, p) for t, p in tps])
+
+    def seek(tp: TopicPartition, offset: int) -> None:
+        try:
+            kafka.seek(KafkaTopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as error:
+            log.warning("seek of %s[%d] to %d failed: %s", tp.topic, tp.partition, offset, error)
+
+    return pause, resume, seek
