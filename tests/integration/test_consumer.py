@@ -220,7 +220,7 @@ def test_worker_crash_during_a_revoke_drain_leaves_the_revoked_record_to_the_new
         kafka.produce(topic, [f"holdcrash:{release}".encode()], partition=partition)
     first_store, second_store = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
     config = make_config(kafka, [topic], revoke_timeout=30.0)
-    caplog.set_level(logging.INFO, logger="procpool_kafka.consumer")
+    caplog.set_level(logging.INFO, logger="procpool_kafka.rebalance")
     with ThreadedConsumer(config, functools.partial(scripted, first_store)) as first:
         wait_for(lambda: len(read_store(first_store, "start")) == 2, timeout=60)
         with ThreadedConsumer(config, functools.partial(plain, second_store)) as second:
