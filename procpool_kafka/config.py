@@ -14,7 +14,7 @@ from typing import Any
 from loky import cpu_count
 
 from procpool_kafka.errors import ConfigError
-from procpool_kafka.retry import RetryPolicy, policy_for, validate_policies
+from procpool_kafka.retry.policy import RetryPolicy, policy_for, validate_policies
 from procpool_kafka.topic_names import require_topic_name
 
 KafkaValue = str | int | float | bool

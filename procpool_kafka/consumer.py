@@ -53,7 +53,6 @@ from procpool_kafka.errors import (
 from procpool_kafka.librdkafka_log import with_librdkafka_logger
 from procpool_kafka.metrics import Counters, PartitionState, RunSummary, Snapshot
 from procpool_kafka.offsets import OffsetTracker
-from procpool_kafka.outcomes import FailureRouter
 from procpool_kafka.pausing import PauseBook, PauseReason
 from procpool_kafka.pool import PoolEvent, RecordAborted, RecordFinished, WorkerPool
 from procpool_kafka.records import (
@@ -67,16 +66,10 @@ from procpool_kafka.records import (
     record_from_message,
     record_id,
 )
-from procpool_kafka.retry import (
-    Decision,
-    DelaySchedule,
-    MalformedRetryHeaders,
-    RetryInfo,
-    RetryPolicy,
-    Route,
-    read_retry_headers,
-    retry_policy_for,
-)
+from procpool_kafka.retry.headers import MalformedRetryHeaders, RetryInfo, read_retry_headers
+from procpool_kafka.retry.policy import Decision, RetryPolicy, Route, retry_policy_for
+from procpool_kafka.retry.router import FailureRouter
+from procpool_kafka.retry.schedule import DelaySchedule
 from procpool_kafka.supervisor import KillReason, Supervisor, running_in
 from procpool_kafka.until_end import BatchRun
 

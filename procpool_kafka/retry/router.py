@@ -42,15 +42,13 @@ from procpool_kafka.records import (
     now_ms,
     record_id,
 )
-from procpool_kafka.retry import (
+from procpool_kafka.retry.headers import RetryInfo, dead_letter_headers, retry_headers
+from procpool_kafka.retry.policy import (
     Decision,
-    RetryInfo,
     RetryPolicy,
     Route,
-    dead_letter_headers,
     decide,
     policy_for,
-    retry_headers,
     retry_policy_for,
 )
 

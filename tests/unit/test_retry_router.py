@@ -11,9 +11,9 @@ from confluent_kafka import KafkaError, KafkaException
 
 from procpool_kafka.errors import ProducerFailedError
 from procpool_kafka.metrics import Counters
-from procpool_kafka.outcomes import MAX_PRODUCER_REPLACEMENTS, FailureRouter
 from procpool_kafka.records import HandlerError, Record
-from procpool_kafka.retry import Decision, RetryPolicy
+from procpool_kafka.retry.policy import Decision, RetryPolicy
+from procpool_kafka.retry.router import MAX_PRODUCER_REPLACEMENTS, FailureRouter
 
 Report = Callable[[KafkaError | None, Any], None]
 
