@@ -67,7 +67,7 @@ from procpool_kafka.records import (
     record_id,
 )
 from procpool_kafka.retry.headers import MalformedRetryHeaders, RetryInfo, read_retry_headers
-from procpool_kafka.retry.policy import Decision, RetryPolicy, Route, retry_policy_for
+from procpool_kafka.retry.policy import Decision, Route
 from procpool_kafka.retry.router import FailureRouter
 from procpool_kafka.retry.schedule import DelaySchedule
 from procpool_kafka.supervisor import KillReason, Supervisor, running_in
@@ -147,7 +147,7 @@ class ProcPoolConsumer:
         self._pauses: PauseBook | None = None
         self._router: FailureRouter | None = None
         self._schedule = DelaySchedule()
-        self._retry_policies: list[RetryPolicy] = list(config.retry)
+        self._retry_policies = config.retry_policies
         self._health = BrokerHealth()
         self._committer = Committer(
             self._tracker,
@@ -457,7 +457,7 @@ class ProcPoolConsumer:
 
     def _retry_info(self, message: Message, topic: str) -> RetryInfo | None:
         """Our retry headers, honoured on configured retry topics only (invariant 6)."""
-        policy = retry_policy_for(self._retry_policies, topic)
+        policy = self._retry_policies.for_retry_topic(topic)
         if policy is None:
             return None
         now = now_ms()

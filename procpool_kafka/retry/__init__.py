@@ -6,8 +6,9 @@
     retry topic record --headers--> RetryInfo (attempt, not-before) --schedule--> held
                                     until due (its partition paused), then dispatched
 
-- ``policy.py``: Backoff, RetryPolicy (validated on construction), the checks across
-  policies, a topic's policy, and decide(): the routing of one failed attempt;
+- ``policy.py``: Backoff, RetryPolicy (validated on construction); RetryPolicies: the
+  checks across policies and the look-up of a topic's policy; decide(): the routing of
+  one failed attempt;
 - ``headers.py``: the header codec: the ``procpool.*`` headers a retry or dead-letter copy
   carries (the table is in its docstring), written and read back;
 - ``schedule.py``: DelaySchedule: retry copies read before their not-before time;

@@ -6,8 +6,9 @@ This module owns the decisions about a failed record, none of the producing:
   which retry topic (delay tier) a copy goes to, when to give up, and which
   exception types are worth retrying at all; each validated on construction
   (:class:`~procpool_kafka.errors.ConfigError` naming the field);
-- :func:`validate_policies`: the checks across the configured policies;
-- :func:`policy_for` and :func:`retry_policy_for`: a topic's policy;
+- :class:`RetryPolicies`: the configured policies, checked against each other, and
+  the look-up of a topic's policy (``for_base_topic``, ``for_retry_topic``,
+  ``for_consumed_topic``);
 - :func:`decide`: the routing decision for one failed attempt
   (:attr:`Route.RETRY`, :attr:`Route.DEAD_LETTER` or :attr:`Route.DROP`).
 
@@ -20,7 +21,7 @@ import enum
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from procpool_kafka.errors import ConfigError
@@ -29,12 +30,10 @@ from procpool_kafka.topic_names import require_topic_name
 __all__ = [
     "Backoff",
     "Decision",
+    "RetryPolicies",
     "RetryPolicy",
     "Route",
     "decide",
-    "policy_for",
-    "retry_policy_for",
-    "validate_policies",
 ]
 
 # used when the caller passes no rng; private, so the global random state is untouched
@@ -213,7 +212,7 @@ class RetryPolicy:
     def validate(self) -> None:
         """Check and normalise the fields (lists become tuples); raise ConfigError naming the field.
 
-        Called by ``__post_init__``; cross-policy checks live in :func:`validate_policies`.
+        Called by ``__post_init__``; the checks across policies are :class:`RetryPolicies`'s.
         """
         set_ = object.__setattr__  # frozen: normalise in place, once
         if (self.topic is None) == (self.topic_pattern is None):
@@ -331,28 +330,52 @@ class RetryPolicy:
         return self.retry_topics[min(attempt - 2, len(self.retry_topics) - 1)]
 
 
-def policy_for(policies: Sequence[RetryPolicy], topic: str) -> RetryPolicy | None:
-    """The first policy whose base topics include ``topic``, or None."""
-    for policy in policies:
-        if policy.matches(topic):
-            return policy
-    return None
+class RetryPolicies:
+    """The configured retry policies, checked against each other, looked up by topic.
 
+    A consumed topic is a base topic (matched by a policy's ``topic`` or
+    ``topic_pattern``) or a retry topic (listed in a policy's ``retry_topics``); each
+    look-up says which kind it takes. When several policies match a base topic (an exact
+    ``topic`` and a ``topic_pattern``, say) the first configured one wins.
 
-def retry_policy_for(policies: Sequence[RetryPolicy], topic: str) -> RetryPolicy | None:
-    """The first policy that lists ``topic`` among its retry topics, or None.
-
-    Only records from such a topic may have their retry headers read (invariant 6).
+    Construction raises ConfigError (naming both policies) when a retry or dead-letter
+    topic of one policy is a base topic of any policy, or a retry topic of another: so no
+    topic is of both kinds and every retry topic has one owner.
     """
-    for policy in policies:
-        if topic in policy.retry_topics:
-            return policy
-    return None
+
+    def __init__(self, policies: Iterable[RetryPolicy] = ()) -> None:
+        self._policies = tuple(policies)
+        self._retry_topic_owners = _retry_topic_owners(self._policies)
+        _check_copy_topics(self._policies, self._retry_topic_owners)
+
+    def __iter__(self) -> Iterator[RetryPolicy]:
+        return iter(self._policies)
+
+    def __repr__(self) -> str:
+        return f"RetryPolicies({list(self._policies)!r})"
+
+    def for_base_topic(self, topic: str) -> RetryPolicy | None:
+        """The first policy whose ``topic`` or ``topic_pattern`` matches ``topic``, or None."""
+        for policy in self._policies:
+            if policy.matches(topic):
+                return policy
+        return None
+
+    def for_retry_topic(self, topic: str) -> RetryPolicy | None:
+        """The policy that lists ``topic`` among its ``retry_topics``, or None.
+
+        Only records from such a topic may have their retry headers read (invariant 6).
+        """
+        return self._retry_topic_owners.get(topic)
+
+    def for_consumed_topic(self, topic: str) -> RetryPolicy | None:
+        """The policy of a record read from ``topic``: the owner of a retry topic, else the
+        policy of a base topic, else None."""
+        return self.for_retry_topic(topic) or self.for_base_topic(topic)
 
 
-def validate_policies(policies: Sequence[RetryPolicy]) -> None:
-    """Checks across policies: a retry or dead-letter topic of one policy must not be a
-    base topic of any policy, nor a retry topic of another (ConfigError names both)."""
+def _retry_topic_owners(policies: Sequence[RetryPolicy]) -> dict[str, RetryPolicy]:
+    """Each retry topic's policy; ConfigError when two policies list the same one."""
     owners: dict[str, RetryPolicy] = {}
     for policy in policies:
         for tier in policy.retry_topics:
@@ -363,6 +386,14 @@ def validate_policies(policies: Sequence[RetryPolicy]) -> None:
                     f"retry_topics entry {problem}", setting="retry_topics", problem=problem
                 )
             owners[tier] = policy
+    return owners
+
+
+def _check_copy_topics(
+    policies: Sequence[RetryPolicy], retry_topic_owners: dict[str, RetryPolicy]
+) -> None:
+    """ConfigError when a retry or dead-letter topic is a base topic of any policy, or a
+    dead-letter topic is a retry topic of another policy."""
     for policy in policies:
         special = [("retry_topics", "retry_topics entry", t) for t in policy.retry_topics]
         if policy.dlq_topic is not None:
@@ -374,10 +405,9 @@ def validate_policies(policies: Sequence[RetryPolicy]) -> None:
                     raise ConfigError(
                         f"{policy.name}: {what} {problem}", setting=setting, problem=problem
                     )
-        if policy.dlq_topic is not None and policy.dlq_topic in owners:
-            problem = (
-                f"{policy.dlq_topic!r} is a retry topic of the {owners[policy.dlq_topic].name}"
-            )
+        owner = retry_topic_owners.get(policy.dlq_topic) if policy.dlq_topic else None
+        if owner is not None:
+            problem = f"{policy.dlq_topic!r} is a retry topic of the {owner.name}"
             raise ConfigError(
                 f"{policy.name}: dlq_topic {problem}", setting="dlq_topic", problem=problem
             )

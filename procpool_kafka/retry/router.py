@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,14 +43,7 @@ from procpool_kafka.records import (
     record_id,
 )
 from procpool_kafka.retry.headers import RetryInfo, dead_letter_headers, retry_headers
-from procpool_kafka.retry.policy import (
-    Decision,
-    RetryPolicy,
-    Route,
-    decide,
-    policy_for,
-    retry_policy_for,
-)
+from procpool_kafka.retry.policy import Decision, RetryPolicies, Route, decide
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +93,7 @@ class FailureRouter:
 
     def __init__(
         self,
-        policies: Sequence[RetryPolicy],
+        policies: RetryPolicies,
         group_id: str,
         producer_settings: dict[str, Any],
         done: DoneCallback,
@@ -108,7 +101,7 @@ class FailureRouter:
         *,
         producer_factory: ProducerFactory = Producer,
     ) -> None:
-        self._policies = list(policies)
+        self._policies = policies
         self._group_id = group_id
         self._user_error_cb = producer_settings.get("error_cb")
         self._producer_settings = {**producer_settings, "error_cb": self._on_producer_error}
@@ -123,10 +116,6 @@ class FailureRouter:
 
     # ------------------------------------------------------------------ routing
 
-    def policy_of(self, topic: str) -> RetryPolicy | None:
-        """The policy of a base topic, or of the retry topic it owns."""
-        return retry_policy_for(self._policies, topic) or policy_for(self._policies, topic)
-
     def route(
         self,
         record: Record,
@@ -135,7 +124,8 @@ class FailureRouter:
     ) -> None:
         """Send ``record`` where its policy says; ``done`` is called once it is safe."""
         now = now_ms()
-        decision = decide(self.policy_of(record.topic), record.attempt, error.type_names, now)
+        policy = self._policies.for_consumed_topic(record.topic)
+        decision = decide(policy, record.attempt, error.type_names, now)
         self._counters.failed[record.topic] += 1
         if decision.route is Route.DROP:
             self._log_failure(record, error, "no dead-letter topic: marking it done")
@@ -156,7 +146,7 @@ class FailureRouter:
         retry_info: RetryInfo | None,
         now_ms: int,
     ) -> Headers:
-        policy = self.policy_of(record.topic)
+        policy = self._policies.for_consumed_topic(record.topic)
         assert policy is not None
         original = record_id(record)
         first_failure: int | None = None
@@ -339,7 +329,7 @@ class FailureRouter:
     def _too_large(self, copy: _Copy) -> None:
         """The broker will never take this copy: dead-letter it, or report it and move on."""
         key = record_id(copy.record)
-        policy = self.policy_of(copy.record.topic)
+        policy = self._policies.for_consumed_topic(copy.record.topic)
         if copy.decision.route is Route.RETRY and policy is not None and policy.dlq_topic:
             log.error(
                 "the retry copy of %s is larger than the broker accepts; dead-lettering it",

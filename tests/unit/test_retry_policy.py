@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -13,12 +14,10 @@ from procpool_kafka.records import exception_type_names
 from procpool_kafka.retry.policy import (
     Backoff,
     Decision,
+    RetryPolicies,
     RetryPolicy,
     Route,
     decide,
-    policy_for,
-    retry_policy_for,
-    validate_policies,
 )
 
 NOW = 1_700_000_000_000
@@ -135,17 +134,6 @@ def test_matches_exact_topic_and_fullmatch_pattern() -> None:
     assert not pattern.matches("x.orders.eu")
 
 
-def test_policy_for_returns_first_match() -> None:
-    specific = RetryPolicy(topic="orders.eu", retry_topics=("eu-retry",))
-    general = RetryPolicy(topic_pattern=r"orders\..*", dlq_topic="dlq")
-    policies = [specific, general]
-    assert policy_for(policies, "orders.eu") is specific
-    assert policy_for(policies, "orders.us") is general
-    assert policy_for(policies, "payments") is None
-    assert retry_policy_for(policies, "eu-retry") is specific
-    assert retry_policy_for(policies, "orders.eu") is None, "a base topic is not a retry topic"
-
-
 @pytest.mark.parametrize(
     ("non_retryable", "retryable", "types", "expected"),
     [
@@ -257,11 +245,12 @@ def test_pattern_policy_never_matches_its_own_retry_and_dlq_topics() -> None:
     assert policy.matches("orders-eu")
     for own in ("orders-retry-1m", "orders-retry-10m", "orders-dlq"):
         assert not policy.matches(own)
-    assert policy_for([policy], "orders-retry-1m") is None
-    assert retry_policy_for([policy], "orders-retry-1m") is policy
-    validate_policies([policy])
+    policies = RetryPolicies([policy])
+    assert policies.for_base_topic("orders-retry-1m") is None
+    assert policies.for_retry_topic("orders-retry-1m") is policy
+    assert policies.for_consumed_topic("orders-retry-1m") is policy
     with pytest.raises(ConfigError, match="base topic of the retry policy for topic_pattern"):
-        validate_policies([RetryPolicy(topic="a", retry_topics=("orders-x",)), policy])
+        RetryPolicies([RetryPolicy(topic="a", retry_topics=("orders-x",)), policy])
 
 
 def test_type_names_may_be_dotted_paths() -> None:
@@ -269,15 +258,134 @@ def test_type_names_may_be_dotted_paths() -> None:
     assert policy.non_retryable == ("ValueError", "myapp.errors.Bad_Input2")
 
 
-def test_validate_policies_across_policies() -> None:
+# --------------------------------------------------------------------------- look-up by topic
+
+
+def test_policies_look_up_the_first_match() -> None:
+    specific = RetryPolicy(topic="orders.eu", retry_topics=("eu-retry",))
+    general = RetryPolicy(topic_pattern=r"orders\..*", dlq_topic="dlq")
+    policies = RetryPolicies([specific, general])
+    assert policies.for_base_topic("orders.eu") is specific
+    assert policies.for_base_topic("orders.us") is general
+    assert policies.for_base_topic("payments") is None
+    assert policies.for_retry_topic("eu-retry") is specific
+    assert policies.for_retry_topic("orders.eu") is None, "a base topic is not a retry topic"
+
+
+def test_overlapping_base_topics_go_to_the_first_configured_policy() -> None:
+    """``orders.eu`` matches both policies: the order of the list decides, both ways."""
+    specific = RetryPolicy(topic="orders.eu", retry_topics=("eu-retry",), dlq_topic="eu-dlq")
+    general = RetryPolicy(topic_pattern=r"orders\..*", retry_topics=("all-retry",))
+    specific_first = RetryPolicies([specific, general])
+    general_first = RetryPolicies([general, specific])
+    assert specific_first.for_base_topic("orders.eu") is specific
+    assert general_first.for_base_topic("orders.eu") is general
+    for policies in (specific_first, general_first):
+        assert policies.for_base_topic("orders.us") is general
+        # a retry topic belongs to the policy that lists it, whatever the order
+        assert policies.for_retry_topic("eu-retry") is specific
+        assert policies.for_retry_topic("all-retry") is general
+        assert policies.for_consumed_topic("eu-retry") is specific
+        assert policies.for_consumed_topic("all-retry") is general
+        assert policies.for_consumed_topic("orders.us") is general
+        assert policies.for_consumed_topic("eu-dlq") is None, "dead letters are not consumed"
+
+
+def test_each_look_up_takes_its_kind_of_topic() -> None:
+    orders = RetryPolicy(
+        topic="orders", retry_topics=("orders-retry-1m", "orders-retry-1h"), dlq_topic="orders-dlq"
+    )
+    payments = RetryPolicy(topic="payments", dlq_topic="payments-dlq")
+    policies = RetryPolicies([orders, payments])
+    expected = {  # topic: (for_base_topic, for_retry_topic, for_consumed_topic)
+        "orders": (orders, None, orders),
+        "orders-retry-1m": (None, orders, orders),
+        "orders-retry-1h": (None, orders, orders),
+        "orders-dlq": (None, None, None),
+        "payments": (payments, None, payments),
+        "payments-dlq": (None, None, None),
+        "unknown": (None, None, None),
+    }
+    for topic, (base, retry, consumed) in expected.items():
+        assert policies.for_base_topic(topic) is base, topic
+        assert policies.for_retry_topic(topic) is retry, topic
+        assert policies.for_consumed_topic(topic) is consumed, topic
+    assert list(policies) == [orders, payments]
+
+
+def test_no_policies_find_nothing() -> None:
+    policies = RetryPolicies()
+    assert list(policies) == []
+    for topic in ("orders", "orders-retry"):
+        assert policies.for_base_topic(topic) is None
+        assert policies.for_retry_topic(topic) is None
+        assert policies.for_consumed_topic(topic) is None
+
+
+def test_policies_are_checked_across_each_other() -> None:
     orders = RetryPolicy(topic="orders", retry_topics=("orders-retry",), dlq_topic="orders-dlq")
-    validate_policies([orders, RetryPolicy(topic="payments", retry_topics=("payments-retry",))])
+    RetryPolicies([orders, RetryPolicy(topic="payments", retry_topics=("payments-retry",))])
     with pytest.raises(ConfigError, match="orders-retry"):
-        validate_policies([orders, RetryPolicy(topic="payments", retry_topics=("orders-retry",))])
+        RetryPolicies([orders, RetryPolicy(topic="payments", retry_topics=("orders-retry",))])
     with pytest.raises(ConfigError, match="base topic"):
-        validate_policies([orders, RetryPolicy(topic_pattern="orders-.*")])
+        RetryPolicies([orders, RetryPolicy(topic_pattern="orders-.*")])
     with pytest.raises(ConfigError, match="dlq_topic"):
-        validate_policies([orders, RetryPolicy(topic="p", retry_topics=("orders-dlq",))])
+        RetryPolicies([orders, RetryPolicy(topic="p", retry_topics=("orders-dlq",))])
+
+
+def test_ambiguous_retry_and_dead_letter_topics_are_refused_naming_both_policies() -> None:
+    orders = RetryPolicy(topic="orders", retry_topics=("shared",), dlq_topic="orders-dlq")
+    both = "'shared' is used by both the retry policy for topic 'orders' and the retry policy"
+    with pytest.raises(ConfigError, match=both) as shared:
+        RetryPolicies([orders, RetryPolicy(topic="payments", retry_topics=("shared",))])
+    assert shared.value.setting == "retry_topics"
+    base = "'orders-dlq' is a base topic of the retry policy for topic 'orders-dlq'"
+    with pytest.raises(ConfigError, match=base) as dead_letter:
+        RetryPolicies([orders, RetryPolicy(topic="orders-dlq")])
+    assert dead_letter.value.setting == "dlq_topic"
+    # one policy listed twice owns its retry topics once
+    assert RetryPolicies([orders, orders]).for_retry_topic("shared") is orders
+
+
+TOPICS = ("a", "b", "a-r", "b-r", "a-d", "x")
+
+
+@st.composite
+def policy_lists(draw: st.DrawFn) -> list[RetryPolicy]:
+    """Up to three policies over a few topic names, valid alone (together they may not be)."""
+    policies = []
+    for _ in range(draw(st.integers(0, 3))):
+        pattern = draw(st.sampled_from([None, "a.*"]))
+        with contextlib.suppress(ConfigError):  # e.g. a retry topic that is the topic itself
+            policies.append(
+                RetryPolicy(
+                    topic=None if pattern else draw(st.sampled_from(TOPICS)),
+                    topic_pattern=pattern,
+                    retry_topics=tuple(draw(st.sets(st.sampled_from(TOPICS), max_size=2))),
+                    dlq_topic=draw(st.sampled_from([None, *TOPICS])),
+                )
+            )
+    return policies
+
+
+@given(policy_lists())
+def test_look_ups_agree_with_a_plain_scan_and_no_topic_is_of_two_kinds(
+    policies: list[RetryPolicy],
+) -> None:
+    try:
+        looked_up = RetryPolicies(policies)
+    except ConfigError:
+        return
+    for topic in TOPICS:
+        base = next((p for p in policies if p.matches(topic)), None)
+        retry = next((p for p in policies if topic in p.retry_topics), None)
+        assert looked_up.for_base_topic(topic) is base
+        assert looked_up.for_retry_topic(topic) is retry
+        assert base is None or retry is None, f"{topic} is a base and a retry topic"
+        assert looked_up.for_consumed_topic(topic) is (retry or base)
+    for policy in policies:
+        if policy.dlq_topic is not None:
+            assert looked_up.for_consumed_topic(policy.dlq_topic) is None
 
 
 # --------------------------------------------------------------------------- decide

@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from procpool_kafka.errors import ProducerFailedError
 from procpool_kafka.metrics import Counters
 from procpool_kafka.records import HandlerError, Record
-from procpool_kafka.retry.policy import Decision, RetryPolicy
+from procpool_kafka.retry.policy import Decision, RetryPolicies, RetryPolicy
 from procpool_kafka.retry.router import MAX_PRODUCER_REPLACEMENTS, FailureRouter
 
 Report = Callable[[KafkaError | None, Any], None]
@@ -66,7 +66,7 @@ class Harness:
         self.fatal_producers = fatal_producers
         policy = RetryPolicy(topic="orders", retry_topics=("orders-retry",), max_attempts=3)
         self.router = FailureRouter(
-            [policy],
+            RetryPolicies([policy]),
             "group",
             {"bootstrap.servers": "unused"},
             self._done,
