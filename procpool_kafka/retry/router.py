@@ -381,14 +381,6 @@ class FailureRouter:
         for key in [k for k in self._copies if (k[0], k[1]) in wanted]:
             del self._copies[key]
 
-    def wait(self, timeout: float) -> None:
-        """Poll until every copy is acknowledged or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        while self._copies and time.monotonic() < deadline:
-            self.poll()
-            if self._producer is not None:
-                self._producer.poll(0.05)
-
     def close(self, timeout: float = 10.0) -> None:
         if self._producer is not None:
             self._producer.flush(timeout)
