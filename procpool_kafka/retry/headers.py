@@ -1,6 +1,7 @@
 """The retry header codec: what a retry or dead-letter copy says about itself.
 
-:func:`retry_headers` and :func:`dead_letter_headers` build the headers of a copy,
+:func:`retry_headers` and :func:`dead_letter_headers` build the headers of a copy
+(:func:`copy_headers` picks one for a routing decision and carries the first delivery over),
 :func:`read_retry_headers` decodes what a retry copy says about itself (:class:`RetryInfo`,
 or :class:`MalformedRetryHeaders`), :func:`original_headers` strips ours and
 :func:`truncate_utf8` bounds the text headers. Pure: no Kafka import, no clock.
@@ -44,7 +45,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from procpool_kafka.records import Headers
+from procpool_kafka.records import HandlerError, Headers, Record, record_id
+from procpool_kafka.retry.policy import Decision, RetryPolicy, Route
 
 __all__ = [
     "HEADER_PREFIX",
@@ -63,6 +65,7 @@ __all__ = [
     "TRUNCATION_MARKER",
     "MalformedRetryHeaders",
     "RetryInfo",
+    "copy_headers",
     "dead_letter_headers",
     "original_headers",
     "read_retry_headers",
@@ -304,3 +307,59 @@ def dead_letter_headers(
         (H_CONSUMER_GROUP, _text(consumer_group)),
         (H_FAILED_AT, _decimal(failed_at_ms)),
     ]
+
+
+def copy_headers(
+    record: Record,
+    error: HandlerError,
+    decision: Decision,
+    retry_info: RetryInfo | None,
+    *,
+    policy: RetryPolicy,
+    consumer_group: str,
+    now_ms: int,
+) -> Headers:
+    """Headers of the copy of failed ``record`` that ``decision`` sends (RETRY or DEAD_LETTER).
+
+    A record read from a retry topic carries the first delivery's coordinates (when its
+    headers name all three) and first failure time over from ``retry_info``; otherwise
+    ``record`` is the first delivery and this failure (``now_ms``) the first one.
+    """
+    original = record_id(record)
+    first_failure: int | None = None
+    if retry_info is not None:
+        if (
+            retry_info.original_topic is not None
+            and retry_info.original_partition is not None
+            and retry_info.original_offset is not None
+        ):
+            original = (
+                retry_info.original_topic,
+                retry_info.original_partition,
+                retry_info.original_offset,
+            )
+        first_failure = retry_info.first_failure_ms
+    if decision.route is Route.RETRY:
+        return retry_headers(
+            record.headers,
+            attempt=decision.attempt,
+            not_before_ms=decision.not_before_ms or now_ms,
+            original=original,
+            first_failure_ms=now_ms if first_failure is None else first_failure,
+            error_type=error.type_name,
+            error_message=error.message,
+            max_message_bytes=policy.max_error_message_bytes,
+        )
+    return dead_letter_headers(
+        record.headers,
+        attempts=decision.attempt,
+        original=original,
+        first_failure_ms=first_failure,
+        error_type=error.type_name,
+        error_message=error.message,
+        traceback=error.traceback,
+        consumer_group=consumer_group,
+        failed_at_ms=now_ms,
+        max_message_bytes=policy.max_error_message_bytes,
+        max_traceback_bytes=policy.max_traceback_bytes,
+    )

@@ -42,7 +42,7 @@ from procpool_kafka.records import (
     now_ms,
     record_id,
 )
-from procpool_kafka.retry.headers import RetryInfo, dead_letter_headers, retry_headers
+from procpool_kafka.retry.headers import RetryInfo, copy_headers
 from procpool_kafka.retry.policy import Decision, RetryPolicies, Route, decide
 
 log = logging.getLogger(__name__)
@@ -148,43 +148,14 @@ class FailureRouter:
     ) -> Headers:
         policy = self._policies.for_consumed_topic(record.topic)
         assert policy is not None
-        original = record_id(record)
-        first_failure: int | None = None
-        if retry_info is not None:
-            if (
-                retry_info.original_topic is not None
-                and retry_info.original_partition is not None
-                and retry_info.original_offset is not None
-            ):
-                original = (
-                    retry_info.original_topic,
-                    retry_info.original_partition,
-                    retry_info.original_offset,
-                )
-            first_failure = retry_info.first_failure_ms
-        if decision.route is Route.RETRY:
-            return retry_headers(
-                record.headers,
-                attempt=decision.attempt,
-                not_before_ms=decision.not_before_ms or now_ms,
-                original=original,
-                first_failure_ms=now_ms if first_failure is None else first_failure,
-                error_type=error.type_name,
-                error_message=error.message,
-                max_message_bytes=policy.max_error_message_bytes,
-            )
-        return dead_letter_headers(
-            record.headers,
-            attempts=decision.attempt,
-            original=original,
-            first_failure_ms=first_failure,
-            error_type=error.type_name,
-            error_message=error.message,
-            traceback=error.traceback,
+        return copy_headers(
+            record,
+            error,
+            decision,
+            retry_info,
+            policy=policy,
             consumer_group=self._group_id,
-            failed_at_ms=now_ms,
-            max_message_bytes=policy.max_error_message_bytes,
-            max_traceback_bytes=policy.max_traceback_bytes,
+            now_ms=now_ms,
         )
 
     def _log_failure(self, record: Record, error: HandlerError, what: str) -> None:

@@ -1,4 +1,5 @@
-"""retry/headers.py: the header codec, its round trip and its bounds (invariant 6)."""
+"""retry/headers.py: the header codec, its round trip and its bounds (invariant 6), and
+the headers of a routed copy."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from procpool_kafka.records import Headers
+from procpool_kafka.records import HandlerError, Headers, Record
 from procpool_kafka.retry.headers import (
     H_ATTEMPT,
     H_ATTEMPTS,
@@ -26,12 +27,14 @@ from procpool_kafka.retry.headers import (
     TRUNCATION_MARKER,
     MalformedRetryHeaders,
     RetryInfo,
+    copy_headers,
     dead_letter_headers,
     original_headers,
     read_retry_headers,
     retry_headers,
     truncate_utf8,
 )
+from procpool_kafka.retry.policy import Decision, RetryPolicy, Route
 
 NOW = 1_700_000_000_000
 OUR_HEADERS = (
@@ -299,3 +302,81 @@ def test_truncate_utf8_examples() -> None:
     assert truncate_utf8("x\udcff", 10) == b"x?", "lone surrogates cannot break encoding"
     with pytest.raises(ValueError, match="max_bytes"):
         truncate_utf8("x", -1)
+
+
+# --------------------------------------------------------------------------- copy_headers
+
+COPY_POLICY = RetryPolicy(
+    topic="orders",
+    retry_topics=("orders-retry",),
+    dlq_topic="orders-dlq",
+    max_error_message_bytes=8,
+    max_traceback_bytes=16,
+)
+ERROR = HandlerError("mymod.MyError", "a long message", "Traceback: " + "x" * 100, ())
+USER_HEADERS: Headers = [("trace-id", b"t1"), (H_ATTEMPT, b"stale")]
+
+
+def copy_of(record: Record, decision: Decision, retry_info: RetryInfo | None) -> dict[str, bytes]:
+    headers = copy_headers(
+        record,
+        ERROR,
+        decision,
+        retry_info,
+        policy=COPY_POLICY,
+        consumer_group="group-1",
+        now_ms=NOW,
+    )
+    user = [(name, value) for name, value in record.headers if name == "trace-id"]
+    assert original_headers(headers) == user, "user headers kept, ours replaced"
+    return header_dict(headers)
+
+
+def test_retry_copy_of_a_first_delivery_names_it_the_original() -> None:
+    record = Record("orders", 3, 42, None, b"v", headers=USER_HEADERS)
+    values = copy_of(record, Decision(Route.RETRY, "orders-retry", 2, NOW + 500), None)
+    assert values[H_ATTEMPT] == b"2"
+    assert values[H_NOT_BEFORE] == str(NOW + 500).encode()
+    assert (values[H_ORIGINAL_TOPIC], values[H_ORIGINAL_PARTITION]) == (b"orders", b"3")
+    assert values[H_ORIGINAL_OFFSET] == b"42"
+    assert values[H_FIRST_FAILURE] == str(NOW).encode(), "this failure is the first"
+    assert values[H_ERROR_TYPE] == b"mymod.MyError"
+    assert values[H_ERROR_MESSAGE] == "a lon…".encode(), "cut to the policy's byte limit"
+    assert H_ERROR_TRACEBACK not in values
+
+
+def test_retry_copy_of_a_retry_copy_carries_the_first_delivery_over() -> None:
+    record = Record("orders-retry", 0, 7, None, b"v", headers=USER_HEADERS, attempt=2)
+    info = RetryInfo(2, NOW - 10, "orders", 3, 42, NOW - 1000)
+    values = copy_of(record, Decision(Route.RETRY, "orders-retry", 3, NOW + 500), info)
+    assert values[H_ATTEMPT] == b"3"
+    assert values[H_ORIGINAL_TOPIC] == b"orders"
+    assert (values[H_ORIGINAL_PARTITION], values[H_ORIGINAL_OFFSET]) == (b"3", b"42")
+    assert values[H_FIRST_FAILURE] == str(NOW - 1000).encode()
+
+
+def test_incomplete_original_coordinates_name_the_record_itself() -> None:
+    record = Record("orders-retry", 0, 7, None, b"v", attempt=2)
+    info = RetryInfo(2, NOW, "orders", None, 42, None)  # a partition header was undecodable
+    values = copy_of(record, Decision(Route.RETRY, "orders-retry", 3, NOW), info)
+    assert values[H_ORIGINAL_TOPIC] == b"orders-retry"
+    assert (values[H_ORIGINAL_PARTITION], values[H_ORIGINAL_OFFSET]) == (b"0", b"7")
+    assert values[H_FIRST_FAILURE] == str(NOW).encode()
+
+
+def test_dead_letter_copy_says_who_gave_up_when_and_why() -> None:
+    record = Record("orders-retry", 1, 9, None, b"v", headers=USER_HEADERS, attempt=5)
+    info = RetryInfo(5, NOW - 10, "orders", 3, 42, NOW - 1000)
+    values = copy_of(record, Decision(Route.DEAD_LETTER, "orders-dlq", 5, None), info)
+    assert H_ATTEMPT not in values and H_NOT_BEFORE not in values
+    assert values[H_ATTEMPTS] == b"5"
+    assert values[H_CONSUMER_GROUP] == b"group-1"
+    assert values[H_FAILED_AT] == str(NOW).encode()
+    assert values[H_FIRST_FAILURE] == str(NOW - 1000).encode()
+    assert (values[H_ORIGINAL_TOPIC], values[H_ORIGINAL_OFFSET]) == (b"orders", b"42")
+    assert values[H_ERROR_TRACEBACK] == "Traceback: xx…".encode(), "cut to the policy's limit"
+
+    first = Record("orders", 0, 1, None, b"v")
+    values = copy_of(first, Decision(Route.DEAD_LETTER, "orders-dlq", 1, None), None)
+    assert values[H_FIRST_FAILURE] == values[H_FAILED_AT] == str(NOW).encode()
+    assert (values[H_ORIGINAL_TOPIC], values[H_ORIGINAL_OFFSET]) == (b"orders", b"1")
