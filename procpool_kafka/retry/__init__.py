@@ -19,7 +19,7 @@ Everything but ``router.py`` is pure (no Kafka import, no clock, no logging) and
 property-tested; ``router.py`` is the only module here that imports confluent_kafka.
 
 This package re-exports the names users need: :class:`Backoff`, :class:`RetryPolicy` and
-the header names (``H_*``) of the copies.
+the copies' header names (``HEADER_PREFIX``, ``H_*``, ``TRUNCATION_MARKER``).
 """
 
 from procpool_kafka.retry.headers import (
