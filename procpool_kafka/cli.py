@@ -46,7 +46,7 @@ from procpool_kafka.metrics import RunSummary, format_rate
 from procpool_kafka.metrics_server import MetricsServer
 from procpool_kafka.progress import ProgressReporter
 from procpool_kafka.records import Record
-from procpool_kafka.retry import Backoff, RetryPolicy
+from procpool_kafka.retry.policy import Backoff, RetryPolicy
 
 log = logging.getLogger("procpool_kafka.cli")
 

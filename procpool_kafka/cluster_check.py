@@ -141,7 +141,7 @@ def _create_routing_topics(
     wait until every new partition has a leader (produce and fetch work at once)."""
     partitions: dict[str, int] = {}
     for base in config.topics:
-        policy = config.policy_of(base)
+        policy = config.retry_policies.for_base_topic(base)
         for topic in (*policy.retry_topics, policy.dlq_topic) if policy else ():
             if topic in missing:
                 partitions[topic] = max(partitions.get(topic, 1), existing[base])

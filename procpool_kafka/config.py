@@ -14,7 +14,7 @@ from typing import Any
 from loky import cpu_count
 
 from procpool_kafka.errors import ConfigError
-from procpool_kafka.retry import RetryPolicy, policy_for, validate_policies
+from procpool_kafka.retry.policy import RetryPolicies, RetryPolicy
 from procpool_kafka.topic_names import require_topic_name
 
 KafkaValue = str | int | float | bool
@@ -136,6 +136,8 @@ class ConsumerConfig:
     #: consumer group protocol: "classic", or "consumer" (KIP-848: the broker assigns
     #: partitions and owns the group timing); ``kafka_config["group.protocol"]`` is the same
     group_protocol: str = "classic"
+    #: ``retry`` as one look-up by topic, checked across policies (see ``retry_policies``)
+    _retry_policies: RetryPolicies = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.topics, str):
@@ -212,21 +214,22 @@ class ConsumerConfig:
                 raise ConfigError(f"retry: {policy!r} is not a RetryPolicy")
             if not any(policy.matches(topic) for topic in self.topics):
                 raise ConfigError(f"{policy.name} matches none of the topics")
-        validate_policies(list(self.retry))
+        object.__setattr__(self, "_retry_policies", RetryPolicies(self.retry))
         for topic in self.topics:
             if any(topic in p.retry_topics or topic == p.dlq_topic for p in self.retry):
                 problem = f"{topic!r} is a retry or dead-letter topic; list base topics only"
                 raise ConfigError(f"topics: {problem}", setting="topics", problem=problem)
 
-    def policy_of(self, base_topic: str) -> RetryPolicy | None:
-        """The retry policy of a base topic, or None."""
-        return policy_for(list(self.retry), base_topic)
+    @property
+    def retry_policies(self) -> RetryPolicies:
+        """The ``retry`` policies, looked up by topic."""
+        return self._retry_policies
 
     def retry_topics(self) -> list[str]:
         """Every retry tier of the policies of the configured topics."""
         found: list[str] = []
         for topic in self.topics:
-            policy = self.policy_of(topic)
+            policy = self.retry_policies.for_base_topic(topic)
             for retry_topic in policy.retry_topics if policy else ():
                 if retry_topic not in found:
                     found.append(retry_topic)
@@ -235,7 +238,7 @@ class ConsumerConfig:
     def dlq_topics(self) -> list[str]:
         found: list[str] = []
         for topic in self.topics:
-            policy = self.policy_of(topic)
+            policy = self.retry_policies.for_base_topic(topic)
             if policy and policy.dlq_topic and policy.dlq_topic not in found:
                 found.append(policy.dlq_topic)
         return found

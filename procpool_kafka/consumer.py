@@ -59,12 +59,12 @@ from procpool_kafka.intake import Intake
 from procpool_kafka.librdkafka_log import with_librdkafka_logger
 from procpool_kafka.metrics import Counters, PartitionState, RunSummary, Snapshot
 from procpool_kafka.offsets import OffsetTracker
-from procpool_kafka.outcomes import FailureRouter
 from procpool_kafka.pausing import PauseBook, PauseReason
 from procpool_kafka.pool import WorkerPool
 from procpool_kafka.rebalance import PartitionWork, Rebalance
 from procpool_kafka.records import Record, TopicPartition, now_ms
-from procpool_kafka.retry import DelaySchedule, RetryPolicy
+from procpool_kafka.retry.router import FailureRouter
+from procpool_kafka.retry.schedule import DelaySchedule
 from procpool_kafka.supervisor import KILL_SETTLE_SECONDS, KillReason, Supervisor
 from procpool_kafka.until_end import BatchRun
 
@@ -122,7 +122,7 @@ class ProcPoolConsumer:
         self._inflight = InFlightRecords()
         self._owned: set[TopicPartition] = set()
         self._schedule = DelaySchedule()
-        self._retry_policies: list[RetryPolicy] = list(config.retry)
+        self._retry_policies = config.retry_policies
         self._health = BrokerHealth()
         self._committer = Committer(
             self._tracker,

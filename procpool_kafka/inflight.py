@@ -29,7 +29,8 @@ from procpool_kafka.metrics import Counters
 from procpool_kafka.offsets import OffsetTracker
 from procpool_kafka.pool import PoolEvent, RecordAborted, RecordFinished
 from procpool_kafka.records import HandlerError, Record, RecordId, TopicPartition, record_id
-from procpool_kafka.retry import Decision, RetryInfo, Route
+from procpool_kafka.retry.headers import RetryInfo
+from procpool_kafka.retry.policy import Decision, Route
 from procpool_kafka.supervisor import KillReason
 
 log = logging.getLogger(__name__)

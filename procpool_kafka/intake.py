@@ -24,13 +24,8 @@ from procpool_kafka.metrics import Counters
 from procpool_kafka.pausing import PauseReason
 from procpool_kafka.rebalance import PartitionWork
 from procpool_kafka.records import TopicPartition, message_headers, now_ms, record_from_message
-from procpool_kafka.retry import (
-    MalformedRetryHeaders,
-    RetryInfo,
-    RetryPolicy,
-    read_retry_headers,
-    retry_policy_for,
-)
+from procpool_kafka.retry.headers import MalformedRetryHeaders, RetryInfo, read_retry_headers
+from procpool_kafka.retry.policy import RetryPolicies
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +46,7 @@ class Intake:
         self,
         work: PartitionWork,
         *,
-        retry_policies: list[RetryPolicy],
+        retry_policies: RetryPolicies,
         counters: Counters,
         max_in_flight: int,
         on_messages: Callable[[], None],
@@ -118,7 +113,7 @@ class Intake:
 
     def _retry_info(self, message: Message, topic: str) -> RetryInfo | None:
         """Our retry headers, honoured on configured retry topics only (invariant 6)."""
-        policy = retry_policy_for(self._retry_policies, topic)
+        policy = self._retry_policies.for_retry_topic(topic)
         if policy is None:
             return None
         now = now_ms()

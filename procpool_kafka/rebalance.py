@@ -31,11 +31,11 @@ from procpool_kafka.dispatch import Dispatcher
 from procpool_kafka.inflight import InFlightRecords, OutcomeHandler
 from procpool_kafka.metrics import Counters
 from procpool_kafka.offsets import OffsetTracker
-from procpool_kafka.outcomes import FailureRouter
 from procpool_kafka.pausing import PauseBook
 from procpool_kafka.pool import WorkerPool
 from procpool_kafka.records import TopicPartition
-from procpool_kafka.retry import DelaySchedule
+from procpool_kafka.retry.router import FailureRouter
+from procpool_kafka.retry.schedule import DelaySchedule
 from procpool_kafka.supervisor import KillReason, Supervisor
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ malformed and oversized retry headers on a retry topic
     test_bad_input.py::test_malformed_and_oversized_retry_headers_count_as_the_last_attempt
     test_retry.py::test_malformed_retry_headers_go_to_the_dlq_when_they_fail
     test_retry.py::test_far_future_not_before_is_clamped_to_max_delay
-    unit/test_retry.py::test_malformed_retry_headers
+    unit/test_retry_headers.py::test_malformed_retry_headers
 retry headers on a base topic (ignored)
     test_retry.py::test_forged_retry_headers_on_a_base_topic_are_ignored
     test_bad_input.py::test_malformed_and_oversized_retry_headers_count_as_the_last_attempt
@@ -69,7 +69,7 @@ broker down: librdkafka's log lines rate-limited, named by client role
     unit/test_librdkafka_log.py::test_repeats_are_logged_once_per_window_with_a_count
 invalid topic names (a comma, a space, more than 249 characters)
     unit/test_config.py::test_invalid_values_name_the_setting
-    unit/test_retry.py::test_policy_validation_names_the_field
+    unit/test_retry_policy.py::test_policy_validation_names_the_field
     test_cli_config.py::test_bad_values_exit_2_with_one_line_naming_flag_and_value
 bad configuration values (README "Reliability: bad configuration", one row each)
     test_cli_config.py::test_bad_values_exit_2_with_one_line_naming_flag_and_value

@@ -186,7 +186,9 @@ def test_pattern_policy_with_its_own_retry_topics_is_valid() -> None:
     cfg = config(topics=["orders-eu", "orders-us"], retry=[policy])
     assert cfg.retry_topics() == ["orders-retry-1m", "orders-retry-10m"]
     assert cfg.subscribed_topics() == ["orders-eu", "orders-us", *cfg.retry_topics()]
-    assert cfg.policy_of("orders-retry-1m") is None, "a retry topic is never a base topic"
+    assert cfg.retry_policies.for_base_topic("orders-retry-1m") is None, (
+        "a retry topic is never a base topic"
+    )
     with pytest.raises(ConfigError, match="'orders-retry-1m' is a retry or dead-letter topic"):
         config(topics=["orders-eu", "orders-retry-1m"], retry=[policy])
 

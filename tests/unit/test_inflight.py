@@ -11,7 +11,8 @@ from procpool_kafka.metrics import Counters
 from procpool_kafka.offsets import OffsetTracker
 from procpool_kafka.pool import RecordAborted, RecordFinished
 from procpool_kafka.records import HandlerError, Record, TopicPartition
-from procpool_kafka.retry import Decision, RetryInfo, Route
+from procpool_kafka.retry.headers import RetryInfo
+from procpool_kafka.retry.policy import Decision, Route
 from procpool_kafka.supervisor import KillReason
 
 TP = TopicPartition("t", 0)

@@ -95,7 +95,7 @@ def test_toml_example_is_a_valid_configuration(tmp_path: Path) -> None:
     assert config.worker_count == 8
     assert config.retry_topics() == ["tiles-retry-1m", "tiles-retry-10m"]
     assert config.dlq_topics() == ["tiles-dlq"]
-    policy = config.policy_of("tiles")
+    policy = config.retry_policies.for_base_topic("tiles")
     assert policy is not None and policy.max_attempts == 4 and policy.backoff.initial_delay == 60
     assert config.kafka_config["sasl.mechanism"] == "SCRAM-SHA-512"
     assert values["log_format"] == "json" and values["metrics_port"] == 9464

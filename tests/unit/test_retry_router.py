@@ -1,5 +1,10 @@
-"""FailureRouter with a producer double: the fatal-producer path, which a real broker cannot
-be made to produce on demand (OUT_OF_ORDER_SEQUENCE, InitProducerId refused)."""
+"""retry/router.py: FailureRouter without a broker.
+
+What needs no producer runs on the real class: a failure with nowhere to go is done at once,
+and invalid producer settings fail at start(). The fatal-producer path runs with a producer
+double, because a real broker cannot be made to produce it on demand (OUT_OF_ORDER_SEQUENCE,
+InitProducerId refused). Copies produced and acknowledged are tests/integration/test_retry.py's.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,57 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from procpool_kafka.errors import ProducerFailedError
+from procpool_kafka.errors import ConfigError, ProducerFailedError
 from procpool_kafka.metrics import Counters
-from procpool_kafka.outcomes import MAX_PRODUCER_REPLACEMENTS, FailureRouter
 from procpool_kafka.records import HandlerError, Record
-from procpool_kafka.retry import Decision, RetryPolicy
+from procpool_kafka.retry.policy import Decision, RetryPolicies, RetryPolicy, Route
+from procpool_kafka.retry.router import MAX_PRODUCER_REPLACEMENTS, FailureRouter
 
 Report = Callable[[KafkaError | None, Any], None]
+#: librdkafka refuses this property when a client is made: the router must never make one
+NO_PRODUCER = {"bootstrap.servers": "unused", "not.a.librdkafka.property": "x"}
+ERROR = HandlerError("builtins.ValueError", "bad", "", ("builtins.ValueError",))
+
+
+def test_a_failure_with_nowhere_to_go_is_done_at_once_without_a_producer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    done: list[tuple[Record, Decision, Any]] = []
+    counters = Counters()
+    no_targets = RetryPolicy(topic="orders", max_attempts=3)  # no retry or dead-letter topic
+    router = FailureRouter(
+        RetryPolicies([no_targets]),
+        "group",
+        NO_PRODUCER,
+        lambda record, decision, copy: done.append((record, decision, copy)),
+        counters,
+    )
+    router.start()  # no policy copies records: no producer is made
+    orders, other = Record("orders", 0, 5, None, b"v"), Record("other", 1, 2, None, b"v", attempt=2)
+    router.route(orders, ERROR, None)
+    router.route(other, ERROR, None)  # a topic without a policy
+    assert done == [
+        (orders, Decision(Route.DROP, None, 1, None), None),
+        (other, Decision(Route.DROP, None, 2, None), None),
+    ]
+    assert counters.failed == {"orders": 1, "other": 1}
+    assert "no dead-letter topic: marking it done" in caplog.text
+    assert router.pending() == 0
+    assert router.healthy
+    router.poll()
+    router.close()
+
+
+def test_start_refuses_invalid_producer_settings_when_a_policy_copies_records() -> None:
+    for policy in (
+        RetryPolicy(topic="orders", dlq_topic="orders-dlq"),
+        RetryPolicy(topic="orders", retry_topics=("orders-retry",)),
+    ):
+        router = FailureRouter(
+            RetryPolicies([policy]), "group", NO_PRODUCER, lambda *_: None, Counters()
+        )
+        with pytest.raises(ConfigError, match=r"invalid Kafka producer settings: .*not\.a\."):
+            router.start()
 
 
 class FakeMessage:
@@ -66,7 +115,7 @@ class Harness:
         self.fatal_producers = fatal_producers
         policy = RetryPolicy(topic="orders", retry_topics=("orders-retry",), max_attempts=3)
         self.router = FailureRouter(
-            [policy],
+            RetryPolicies([policy]),
             "group",
             {"bootstrap.servers": "unused"},
             self._done,

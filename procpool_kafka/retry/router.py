@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,17 +42,8 @@ from procpool_kafka.records import (
     now_ms,
     record_id,
 )
-from procpool_kafka.retry import (
-    Decision,
-    RetryInfo,
-    RetryPolicy,
-    Route,
-    dead_letter_headers,
-    decide,
-    policy_for,
-    retry_headers,
-    retry_policy_for,
-)
+from procpool_kafka.retry.headers import RetryInfo, copy_headers
+from procpool_kafka.retry.policy import Decision, RetryPolicies, Route, decide
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +93,7 @@ class FailureRouter:
 
     def __init__(
         self,
-        policies: Sequence[RetryPolicy],
+        policies: RetryPolicies,
         group_id: str,
         producer_settings: dict[str, Any],
         done: DoneCallback,
@@ -110,7 +101,7 @@ class FailureRouter:
         *,
         producer_factory: ProducerFactory = Producer,
     ) -> None:
-        self._policies = list(policies)
+        self._policies = policies
         self._group_id = group_id
         self._user_error_cb = producer_settings.get("error_cb")
         self._producer_settings = {**producer_settings, "error_cb": self._on_producer_error}
@@ -125,10 +116,6 @@ class FailureRouter:
 
     # ------------------------------------------------------------------ routing
 
-    def policy_of(self, topic: str) -> RetryPolicy | None:
-        """The policy of a base topic, or of the retry topic it owns."""
-        return retry_policy_for(self._policies, topic) or policy_for(self._policies, topic)
-
     def route(
         self,
         record: Record,
@@ -137,7 +124,8 @@ class FailureRouter:
     ) -> None:
         """Send ``record`` where its policy says; ``done`` is called once it is safe."""
         now = now_ms()
-        decision = decide(self.policy_of(record.topic), record.attempt, error.type_names, now)
+        policy = self._policies.for_consumed_topic(record.topic)
+        decision = decide(policy, record.attempt, error.type_names, now)
         self._counters.failed[record.topic] += 1
         if decision.route is Route.DROP:
             self._log_failure(record, error, "no dead-letter topic: marking it done")
@@ -158,45 +146,16 @@ class FailureRouter:
         retry_info: RetryInfo | None,
         now_ms: int,
     ) -> Headers:
-        policy = self.policy_of(record.topic)
+        policy = self._policies.for_consumed_topic(record.topic)
         assert policy is not None
-        original = record_id(record)
-        first_failure: int | None = None
-        if retry_info is not None:
-            if (
-                retry_info.original_topic is not None
-                and retry_info.original_partition is not None
-                and retry_info.original_offset is not None
-            ):
-                original = (
-                    retry_info.original_topic,
-                    retry_info.original_partition,
-                    retry_info.original_offset,
-                )
-            first_failure = retry_info.first_failure_ms
-        if decision.route is Route.RETRY:
-            return retry_headers(
-                record.headers,
-                attempt=decision.attempt,
-                not_before_ms=decision.not_before_ms or now_ms,
-                original=original,
-                first_failure_ms=now_ms if first_failure is None else first_failure,
-                error_type=error.type_name,
-                error_message=error.message,
-                max_message_bytes=policy.max_error_message_bytes,
-            )
-        return dead_letter_headers(
-            record.headers,
-            attempts=decision.attempt,
-            original=original,
-            first_failure_ms=first_failure,
-            error_type=error.type_name,
-            error_message=error.message,
-            traceback=error.traceback,
+        return copy_headers(
+            record,
+            error,
+            decision,
+            retry_info,
+            policy=policy,
             consumer_group=self._group_id,
-            failed_at_ms=now_ms,
-            max_message_bytes=policy.max_error_message_bytes,
-            max_traceback_bytes=policy.max_traceback_bytes,
+            now_ms=now_ms,
         )
 
     def _log_failure(self, record: Record, error: HandlerError, what: str) -> None:
@@ -341,7 +300,7 @@ class FailureRouter:
     def _too_large(self, copy: _Copy) -> None:
         """The broker will never take this copy: dead-letter it, or report it and move on."""
         key = record_id(copy.record)
-        policy = self.policy_of(copy.record.topic)
+        policy = self._policies.for_consumed_topic(copy.record.topic)
         if copy.decision.route is Route.RETRY and policy is not None and policy.dlq_topic:
             log.error(
                 "the retry copy of %s is larger than the broker accepts; dead-lettering it",
@@ -392,14 +351,6 @@ class FailureRouter:
         wanted = set(partitions)
         for key in [k for k in self._copies if (k[0], k[1]) in wanted]:
             del self._copies[key]
-
-    def wait(self, timeout: float) -> None:
-        """Poll until every copy is acknowledged or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        while self._copies and time.monotonic() < deadline:
-            self.poll()
-            if self._producer is not None:
-                self._producer.poll(0.05)
 
     def close(self, timeout: float = 10.0) -> None:
         if self._producer is not None:

@@ -1,127 +1,40 @@
-"""Retries and dead letters: backoff, routing, the header codec and the delay schedule.
+"""Retry policies: backoff, which retry tier or dead-letter topic a failed record goes to.
 
-This module owns everything about a failed record that does not need Kafka:
+This module owns the decisions about a failed record, none of the producing:
 
 - :class:`Backoff` and :class:`RetryPolicy`: how long to wait after a failure,
   which retry topic (delay tier) a copy goes to, when to give up, and which
-  exception types are worth retrying at all;
+  exception types are worth retrying at all; each validated on construction
+  (:class:`~procpool_kafka.errors.ConfigError` naming the field);
+- :class:`RetryPolicies`: the configured policies, checked against each other, and
+  the look-up of a topic's policy (``for_base_topic``, ``for_retry_topic``,
+  ``for_consumed_topic``);
 - :func:`decide`: the routing decision for one failed attempt
-  (:attr:`Route.RETRY`, :attr:`Route.DEAD_LETTER` or :attr:`Route.DROP`);
-- the header codec: :func:`retry_headers` and :func:`dead_letter_headers`
-  build the headers of the copy, :func:`read_retry_headers` decodes what a
-  retry copy says about itself, :func:`original_headers` strips ours;
-- :class:`DelaySchedule`: retry copies read before their not-before time,
-  at most one held per (paused) partition.
+  (:attr:`Route.RETRY`, :attr:`Route.DEAD_LETTER` or :attr:`Route.DROP`).
 
-It is pure (no Kafka import, no clock, no logging) so that it can be unit- and
-property-tested; the consumer loop supplies the clock and does the producing,
-pausing and committing.
-
-Invariant 6 of docs/architecture.md: the consumer calls :func:`read_retry_headers` only
-for records read from a configured retry topic (headers on any other topic are
-never honoured), and the not-before time it returns is clamped to
-``now + max_delay``, so a forged or skewed header cannot park a partition for
-longer than the policy allows.
-
-Headers
--------
-
-Every header name starts with ``procpool.`` (:data:`HEADER_PREFIX`); that
-prefix is reserved: a retry or dead-letter copy carries the original record's
-headers minus any ``procpool.*`` header, followed by ours, so stale values
-from an earlier attempt are replaced, never duplicated. Integers are encoded
-as ASCII decimal digits (no sign, no spaces), times as epoch milliseconds,
-text as UTF-8 (cut at a character boundary, ending with ``…`` when cut).
-
-| Header                        | Encoding   | Meaning                                | On    |
-|-------------------------------|------------|----------------------------------------|-------|
-| `procpool.attempt`            | decimal    | attempt number of this copy (>= 2)     | retry |
-| `procpool.not-before`         | decimal ms | not to be run before this time         | retry |
-| `procpool.original-topic`     | UTF-8      | topic of the first delivery            | both  |
-| `procpool.original-partition` | decimal    | its partition                          | both  |
-| `procpool.original-offset`    | decimal    | its offset                             | both  |
-| `procpool.first-failure`      | decimal ms | time of the first failed attempt       | both  |
-| `procpool.error-type`         | UTF-8      | last exception type, `module.QualName` | both  |
-| `procpool.error-message`      | UTF-8      | its message (cut to a byte limit)      | both  |
-| `procpool.error-traceback`    | UTF-8      | its traceback (cut to a byte limit)    | DLQ   |
-| `procpool.attempts`           | decimal    | handler attempts made in total         | DLQ   |
-| `procpool.consumer-group`     | UTF-8      | consumer group that gave up            | DLQ   |
-| `procpool.failed-at`          | decimal ms | time of the last failed attempt        | DLQ   |
-
-"On": written on retry copies, dead-letter (DLQ) copies, or both.
+It is pure (no Kafka import, no clock, no logging): the caller passes the time.
 """
 
 from __future__ import annotations
 
 import enum
-import heapq
 import math
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from procpool_kafka.errors import ConfigError
-from procpool_kafka.records import Headers, Record, TopicPartition, exception_type_names
 from procpool_kafka.topic_names import require_topic_name
 
 __all__ = [
-    "HEADER_PREFIX",
-    "H_ATTEMPT",
-    "H_ATTEMPTS",
-    "H_CONSUMER_GROUP",
-    "H_ERROR_MESSAGE",
-    "H_ERROR_TRACEBACK",
-    "H_ERROR_TYPE",
-    "H_FAILED_AT",
-    "H_FIRST_FAILURE",
-    "H_NOT_BEFORE",
-    "H_ORIGINAL_OFFSET",
-    "H_ORIGINAL_PARTITION",
-    "H_ORIGINAL_TOPIC",
-    "TRUNCATION_MARKER",
     "Backoff",
     "Decision",
-    "DelaySchedule",
-    "MalformedRetryHeaders",
-    "RetryInfo",
+    "RetryPolicies",
     "RetryPolicy",
     "Route",
-    "dead_letter_headers",
     "decide",
-    "exception_type_names",
-    "original_headers",
-    "policy_for",
-    "read_retry_headers",
-    "retry_headers",
-    "retry_policy_for",
-    "truncate_utf8",
-    "validate_policies",
 ]
-
-HEADER_PREFIX = "procpool."
-
-H_ATTEMPT = "procpool.attempt"
-H_NOT_BEFORE = "procpool.not-before"
-H_ORIGINAL_TOPIC = "procpool.original-topic"
-H_ORIGINAL_PARTITION = "procpool.original-partition"
-H_ORIGINAL_OFFSET = "procpool.original-offset"
-H_FIRST_FAILURE = "procpool.first-failure"
-H_ERROR_TYPE = "procpool.error-type"
-H_ERROR_MESSAGE = "procpool.error-message"
-H_ERROR_TRACEBACK = "procpool.error-traceback"
-H_ATTEMPTS = "procpool.attempts"
-H_CONSUMER_GROUP = "procpool.consumer-group"
-H_FAILED_AT = "procpool.failed-at"
-
-#: appended (within the byte limit) to text that :func:`truncate_utf8` cut
-TRUNCATION_MARKER = "…"
-_MARKER_BYTES = TRUNCATION_MARKER.encode("utf-8")
-
-#: an integer header longer than this is rejected as malformed, not parsed
-_MAX_INT_HEADER_BYTES = 32
-#: bound on the error-type header (a dotted name; never long in practice)
-_MAX_TYPE_BYTES = 512
 
 # used when the caller passes no rng; private, so the global random state is untouched
 _RNG = random.Random()
@@ -299,7 +212,7 @@ class RetryPolicy:
     def validate(self) -> None:
         """Check and normalise the fields (lists become tuples); raise ConfigError naming the field.
 
-        Called by ``__post_init__``; cross-policy checks live in :func:`validate_policies`.
+        Called by ``__post_init__``; the checks across policies are :class:`RetryPolicies`'s.
         """
         set_ = object.__setattr__  # frozen: normalise in place, once
         if (self.topic is None) == (self.topic_pattern is None):
@@ -417,28 +330,52 @@ class RetryPolicy:
         return self.retry_topics[min(attempt - 2, len(self.retry_topics) - 1)]
 
 
-def policy_for(policies: Sequence[RetryPolicy], topic: str) -> RetryPolicy | None:
-    """The first policy whose base topics include ``topic``, or None."""
-    for policy in policies:
-        if policy.matches(topic):
-            return policy
-    return None
+class RetryPolicies:
+    """The configured retry policies, checked against each other, looked up by topic.
 
+    A consumed topic is a base topic (matched by a policy's ``topic`` or
+    ``topic_pattern``) or a retry topic (listed in a policy's ``retry_topics``); each
+    look-up says which kind it takes. When several policies match a base topic (an exact
+    ``topic`` and a ``topic_pattern``, say) the first configured one wins.
 
-def retry_policy_for(policies: Sequence[RetryPolicy], topic: str) -> RetryPolicy | None:
-    """The first policy that lists ``topic`` among its retry topics, or None.
-
-    Only records from such a topic may have their retry headers read (invariant 6).
+    Construction raises ConfigError (naming both policies) when a retry or dead-letter
+    topic of one policy is a base topic of any policy, or a retry topic of another: so no
+    topic is of both kinds and every retry topic has one owner.
     """
-    for policy in policies:
-        if topic in policy.retry_topics:
-            return policy
-    return None
+
+    def __init__(self, policies: Iterable[RetryPolicy] = ()) -> None:
+        self._policies = tuple(policies)
+        self._retry_topic_owners = _retry_topic_owners(self._policies)
+        _check_copy_topics(self._policies, self._retry_topic_owners)
+
+    def __iter__(self) -> Iterator[RetryPolicy]:
+        return iter(self._policies)
+
+    def __repr__(self) -> str:
+        return f"RetryPolicies({list(self._policies)!r})"
+
+    def for_base_topic(self, topic: str) -> RetryPolicy | None:
+        """The first policy whose ``topic`` or ``topic_pattern`` matches ``topic``, or None."""
+        for policy in self._policies:
+            if policy.matches(topic):
+                return policy
+        return None
+
+    def for_retry_topic(self, topic: str) -> RetryPolicy | None:
+        """The policy that lists ``topic`` among its ``retry_topics``, or None.
+
+        Only records from such a topic may have their retry headers read (invariant 6).
+        """
+        return self._retry_topic_owners.get(topic)
+
+    def for_consumed_topic(self, topic: str) -> RetryPolicy | None:
+        """The policy of a record read from ``topic``: the owner of a retry topic, else the
+        policy of a base topic, else None."""
+        return self.for_retry_topic(topic) or self.for_base_topic(topic)
 
 
-def validate_policies(policies: Sequence[RetryPolicy]) -> None:
-    """Checks across policies: a retry or dead-letter topic of one policy must not be a
-    base topic of any policy, nor a retry topic of another (ConfigError names both)."""
+def _retry_topic_owners(policies: Sequence[RetryPolicy]) -> dict[str, RetryPolicy]:
+    """Each retry topic's policy; ConfigError when two policies list the same one."""
     owners: dict[str, RetryPolicy] = {}
     for policy in policies:
         for tier in policy.retry_topics:
@@ -449,6 +386,14 @@ def validate_policies(policies: Sequence[RetryPolicy]) -> None:
                     f"retry_topics entry {problem}", setting="retry_topics", problem=problem
                 )
             owners[tier] = policy
+    return owners
+
+
+def _check_copy_topics(
+    policies: Sequence[RetryPolicy], retry_topic_owners: dict[str, RetryPolicy]
+) -> None:
+    """ConfigError when a retry or dead-letter topic is a base topic of any policy, or a
+    dead-letter topic is a retry topic of another policy."""
     for policy in policies:
         special = [("retry_topics", "retry_topics entry", t) for t in policy.retry_topics]
         if policy.dlq_topic is not None:
@@ -460,10 +405,9 @@ def validate_policies(policies: Sequence[RetryPolicy]) -> None:
                     raise ConfigError(
                         f"{policy.name}: {what} {problem}", setting=setting, problem=problem
                     )
-        if policy.dlq_topic is not None and policy.dlq_topic in owners:
-            problem = (
-                f"{policy.dlq_topic!r} is a retry topic of the {owners[policy.dlq_topic].name}"
-            )
+        owner = retry_topic_owners.get(policy.dlq_topic) if policy.dlq_topic else None
+        if owner is not None:
+            problem = f"{policy.dlq_topic!r} is a retry topic of the {owner.name}"
             raise ConfigError(
                 f"{policy.name}: dlq_topic {problem}", setting="dlq_topic", problem=problem
             )
@@ -523,292 +467,3 @@ def decide(
     if policy.dlq_topic is not None:
         return Decision(Route.DEAD_LETTER, policy.dlq_topic, attempt, None)
     return Decision(Route.DROP, None, attempt, None)
-
-
-# --------------------------------------------------------------------------- header codec
-
-
-class MalformedRetryHeaders(ValueError):
-    """A retry-topic record lacks a valid ``procpool.attempt`` or ``procpool.not-before``."""
-
-
-@dataclass(frozen=True)
-class RetryInfo:
-    """What our headers say about a record read from a retry topic.
-
-    ``not_before_ms`` is already clamped (see :func:`read_retry_headers`).
-    The ``original_*`` and ``first_failure_ms`` fields are informational: None
-    when missing or undecodable (they never make the headers malformed).
-    """
-
-    attempt: int
-    not_before_ms: int
-    original_topic: str | None
-    original_partition: int | None
-    original_offset: int | None
-    first_failure_ms: int | None
-
-
-def truncate_utf8(text: str, max_bytes: int) -> bytes:
-    """``text`` as UTF-8 in at most ``max_bytes`` bytes, cut only at a character boundary.
-
-    When cut, it ends with ``…`` (3 bytes), inside the limit (unless the limit
-    is below 3 bytes, then it is cut without a marker). Characters UTF-8
-    cannot encode (lone surrogates) become ``?``.
-    """
-    if not _is_int(max_bytes) or max_bytes < 0:
-        raise ValueError(f"max_bytes must be an int >= 0, got {max_bytes!r}")
-    encoded = text.encode("utf-8", "replace")
-    if len(encoded) <= max_bytes:
-        return encoded
-    marker = _MARKER_BYTES if max_bytes >= len(_MARKER_BYTES) else b""
-    cut = max_bytes - len(marker)
-    # step back over continuation bytes (10xxxxxx) to the start of the character at `cut`
-    while cut > 0 and encoded[cut] & 0xC0 == 0x80:
-        cut -= 1
-    return encoded[:cut] + marker
-
-
-def _text(value: str) -> bytes:
-    return value.encode("utf-8", "replace")
-
-
-def _decimal(value: int) -> bytes:
-    if not _is_int(value) or value < 0:
-        raise ValueError(f"header integers are >= 0, got {value!r}")
-    return str(value).encode("ascii")
-
-
-def _last(headers: Headers, name: str) -> bytes | None:
-    for header_name, value in reversed(headers):
-        if header_name == name:
-            return value
-    return None
-
-
-def _parse_decimal(value: bytes) -> int | str:
-    """The integer, or the reason it is malformed."""
-    if len(value) > _MAX_INT_HEADER_BYTES:
-        return f"{len(value)} bytes long (at most {_MAX_INT_HEADER_BYTES})"
-    if not value:
-        return "empty"
-    if value.startswith(b"-") and value[1:].isdigit():
-        return f"negative ({value.decode('ascii')})"
-    if not value.isdigit():  # bytes.isdigit: ASCII 0-9 only
-        return f"not an ASCII decimal number ({value!r})"
-    return int(value)
-
-
-def _required_int(headers: Headers, name: str) -> int:
-    value = _last(headers, name)
-    if value is None:
-        raise MalformedRetryHeaders(f"header {name} is missing")
-    parsed = _parse_decimal(value)
-    if isinstance(parsed, str):
-        raise MalformedRetryHeaders(f"header {name} is {parsed}")
-    return parsed
-
-
-def _optional_int(headers: Headers, name: str) -> int | None:
-    value = _last(headers, name)
-    if value is None:
-        return None
-    parsed = _parse_decimal(value)
-    return None if isinstance(parsed, str) else parsed
-
-
-def read_retry_headers(
-    headers: Headers, now_ms: int, max_delay: float, skew: float = 5.0
-) -> RetryInfo:
-    """Decode our headers of a record read from a configured retry topic.
-
-    Raises :class:`MalformedRetryHeaders` (its message gives the reason) when
-    ``procpool.attempt`` or ``procpool.not-before`` is missing, empty, not
-    ASCII decimal, negative or longer than 32 bytes, or the attempt is 0. A
-    header given twice counts by its last value. A not-before later than
-    ``now + max_delay + skew`` (seconds) is clamped to ``now + max_delay``.
-
-    Call it only for records of configured retry topics (invariant 6); the
-    consumer treats malformed headers as ``attempt = max_attempts`` (so the
-    record goes to the dead-letter topic when it fails) and logs a warning.
-    """
-    attempt = _required_int(headers, H_ATTEMPT)
-    if attempt < 1:
-        raise MalformedRetryHeaders(f"header {H_ATTEMPT} is {attempt} (attempts start at 1)")
-    not_before_ms = _required_int(headers, H_NOT_BEFORE)
-    if not_before_ms > now_ms + math.ceil((max_delay + skew) * 1000):
-        not_before_ms = now_ms + math.ceil(max_delay * 1000)
-
-    topic_value = _last(headers, H_ORIGINAL_TOPIC)
-    original_topic: str | None = None
-    if topic_value:
-        try:
-            original_topic = topic_value.decode("utf-8")
-        except UnicodeDecodeError:
-            original_topic = None
-    return RetryInfo(
-        attempt=attempt,
-        not_before_ms=not_before_ms,
-        original_topic=original_topic,
-        original_partition=_optional_int(headers, H_ORIGINAL_PARTITION),
-        original_offset=_optional_int(headers, H_ORIGINAL_OFFSET),
-        first_failure_ms=_optional_int(headers, H_FIRST_FAILURE),
-    )
-
-
-def original_headers(headers: Headers) -> Headers:
-    """``headers`` without ours (every ``procpool.*`` header), order kept."""
-    return [(name, value) for name, value in headers if not name.startswith(HEADER_PREFIX)]
-
-
-def _common_headers(
-    original: tuple[str, int, int],
-    first_failure_ms: int,
-    error_type: str,
-    error_message: str,
-    max_message_bytes: int,
-) -> Headers:
-    topic, partition, offset = original
-    return [
-        (H_ORIGINAL_TOPIC, _text(topic)),
-        (H_ORIGINAL_PARTITION, _decimal(partition)),
-        (H_ORIGINAL_OFFSET, _decimal(offset)),
-        (H_FIRST_FAILURE, _decimal(first_failure_ms)),
-        (H_ERROR_TYPE, truncate_utf8(error_type, _MAX_TYPE_BYTES)),
-        (H_ERROR_MESSAGE, truncate_utf8(error_message, max_message_bytes)),
-    ]
-
-
-def retry_headers(
-    record_headers: Headers,
-    *,
-    attempt: int,
-    not_before_ms: int,
-    original: tuple[str, int, int],
-    first_failure_ms: int,
-    error_type: str,
-    error_message: str,
-    max_message_bytes: int,
-) -> Headers:
-    """Headers of a retry copy: the record's own headers minus ``procpool.*``, then ours.
-
-    ``original`` is (topic, partition, offset) of the first delivery; for a
-    record that is itself a retry copy the caller carries ``original`` and
-    ``first_failure_ms`` over from its :class:`RetryInfo`.
-    """
-    return [
-        *original_headers(record_headers),
-        (H_ATTEMPT, _decimal(attempt)),
-        (H_NOT_BEFORE, _decimal(not_before_ms)),
-        *_common_headers(original, first_failure_ms, error_type, error_message, max_message_bytes),
-    ]
-
-
-def dead_letter_headers(
-    record_headers: Headers,
-    *,
-    attempts: int,
-    original: tuple[str, int, int],
-    first_failure_ms: int | None,
-    error_type: str,
-    error_message: str,
-    traceback: str,
-    consumer_group: str,
-    failed_at_ms: int,
-    max_message_bytes: int,
-    max_traceback_bytes: int,
-) -> Headers:
-    """Headers of a dead-letter copy: the record's own headers minus ``procpool.*``, then ours.
-
-    ``first_failure_ms`` None means this failure is the first one known
-    (a first delivery): ``failed_at_ms`` is written in its place. No
-    ``procpool.attempt``/``procpool.not-before`` header is written.
-    """
-    first = failed_at_ms if first_failure_ms is None else first_failure_ms
-    return [
-        *original_headers(record_headers),
-        *_common_headers(original, first, error_type, error_message, max_message_bytes),
-        (H_ERROR_TRACEBACK, truncate_utf8(traceback, max_traceback_bytes)),
-        (H_ATTEMPTS, _decimal(attempts)),
-        (H_CONSUMER_GROUP, _text(consumer_group)),
-        (H_FAILED_AT, _decimal(failed_at_ms)),
-    ]
-
-
-# --------------------------------------------------------------------------- delay schedule
-
-
-class DelaySchedule:
-    """Records from retry topics that are not yet due, at most one held per partition.
-
-    The consumer holds the head record of a retry-topic partition that is not
-    due yet and pauses that partition (later records of it that were already
-    fetched are discarded and fetched again after a seek on resume). When
-    :meth:`pop_due` hands the record back, the consumer dispatches it and
-    resumes the partition. On revoke or loss, :meth:`drop` forgets the
-    partitions' records (the new owner reads them again from the committed
-    offset).
-    """
-
-    def __init__(self) -> None:
-        # heap of (due_ms, seq, tp); an entry is live while _held[tp] has the same seq
-        self._heap: list[tuple[int, int, TopicPartition]] = []
-        self._held: dict[TopicPartition, tuple[int, int, Record]] = {}
-        self._seq = 0
-
-    def hold(self, tp: TopicPartition, record: Record, due_ms: int) -> None:
-        """Hold ``record`` of partition ``tp`` until ``due_ms`` (epoch ms)."""
-        if tp in self._held:
-            raise ValueError(f"{tp.topic}[{tp.partition}] already holds a record")
-        if record.topic_partition != tp:
-            raise ValueError(f"{record!r} is not a record of {tp.topic}[{tp.partition}]")
-        self._seq += 1
-        self._held[tp] = (due_ms, self._seq, record)
-        heapq.heappush(self._heap, (due_ms, self._seq, tp))
-
-    def holding(self, tp: TopicPartition) -> bool:
-        """Whether partition ``tp`` has a record held (and so should stay paused)."""
-        return tp in self._held
-
-    def partitions(self) -> set[TopicPartition]:
-        """The partitions holding a record."""
-        return set(self._held)
-
-    def _prune(self) -> None:
-        """Pop stale heap entries (of dropped records) off the top."""
-        while self._heap:
-            _, seq, tp = self._heap[0]
-            held = self._held.get(tp)
-            if held is not None and held[1] == seq:
-                return
-            heapq.heappop(self._heap)
-
-    def pop_due(self, now_ms: int) -> list[Record]:
-        """Remove and return the records due at ``now_ms`` (due time <= now), earliest first."""
-        due: list[Record] = []
-        self._prune()
-        while self._heap and self._heap[0][0] <= now_ms:
-            _, _, tp = heapq.heappop(self._heap)
-            due.append(self._held.pop(tp)[2])
-            self._prune()
-        return due
-
-    def next_due_ms(self) -> int | None:
-        """The earliest due time held, or None when nothing is held."""
-        self._prune()
-        return self._heap[0][0] if self._heap else None
-
-    def drop(self, partitions: Iterable[TopicPartition]) -> list[Record]:
-        """Forget the records held for ``partitions``; return them, earliest due first."""
-        dropped = [self._held.pop(tp) for tp in set(partitions) if tp in self._held]
-        dropped.sort(key=lambda entry: (entry[0], entry[1]))
-        if len(self._heap) > 4 * len(self._held) + 16:  # keep stale entries bounded
-            self._heap = [(d, s, tp) for tp, (d, s, _) in self._held.items()]
-            heapq.heapify(self._heap)
-        return [record for _, _, record in dropped]
-
-    def __len__(self) -> int:
-        return len(self._held)
-
-    def __repr__(self) -> str:
-        return f"DelaySchedule(held={len(self._held)}, next_due_ms={self.next_due_ms()})"
