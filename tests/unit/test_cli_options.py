@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from procpool_kafka.cli import build_config
-from procpool_kafka.cli_options import (
+from procpool_kafka.cli.main import build_config
+from procpool_kafka.cli.options import (
     FLAG_OF_SETTING,
     OPTIONS,
     add_arguments,
@@ -22,10 +22,10 @@ from procpool_kafka.cli_options import (
     split_topic_map,
     unknown_variables,
 )
+from procpool_kafka.cli.progress import format_progress
 from procpool_kafka.config import ConsumerConfig
 from procpool_kafka.errors import ConfigError
 from procpool_kafka.metrics import format_rate
-from procpool_kafka.progress import format_progress
 from procpool_kafka.retry import Backoff, RetryPolicy
 
 BASE: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:9092", "group_id": "g", "topics": ["t"]}

@@ -20,8 +20,8 @@ from types import FrameType
 from typing import Any
 
 from procpool_kafka._version import __version__
-from procpool_kafka.cli_logging import configure_logging, redact_secrets
-from procpool_kafka.cli_options import (
+from procpool_kafka.cli.logging import configure_logging, redact_secrets
+from procpool_kafka.cli.options import (
     add_arguments,
     config_path,
     describe_config_error,
@@ -32,6 +32,7 @@ from procpool_kafka.cli_options import (
     sources,
     unknown_variables,
 )
+from procpool_kafka.cli.progress import ProgressReporter
 from procpool_kafka.config import ConsumerConfig, is_secret_setting
 from procpool_kafka.consumer import ProcPoolConsumer
 from procpool_kafka.errors import (
@@ -44,7 +45,6 @@ from procpool_kafka.errors import (
 )
 from procpool_kafka.metrics import RunSummary, format_rate
 from procpool_kafka.metrics_server import MetricsServer
-from procpool_kafka.progress import ProgressReporter
 from procpool_kafka.records import Record
 from procpool_kafka.retry import Backoff, RetryPolicy
 
@@ -355,7 +355,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
-
-
-if __name__ == "__main__":
-    sys.exit(main())
