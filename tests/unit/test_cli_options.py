@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from procpool_kafka.cli.main import build_config
+from procpool_kafka.cli.config import build_config
 from procpool_kafka.cli.options import (
     FLAG_OF_SETTING,
     OPTIONS,
