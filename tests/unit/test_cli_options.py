@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from procpool_kafka.cli import build_config
-from procpool_kafka.cli_options import (
+from procpool_kafka.cli.config import build_config
+from procpool_kafka.cli.options import (
     FLAG_OF_SETTING,
     OPTIONS,
     add_arguments,
@@ -24,8 +24,6 @@ from procpool_kafka.cli_options import (
 )
 from procpool_kafka.config import ConsumerConfig
 from procpool_kafka.errors import ConfigError
-from procpool_kafka.metrics import format_rate
-from procpool_kafka.progress import format_progress
 from procpool_kafka.retry import Backoff, RetryPolicy
 
 BASE: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:9092", "group_id": "g", "topics": ["t"]}
@@ -236,16 +234,3 @@ def test_group_protocol_from_flag_env_and_file(tmp_path: Path) -> None:
 def test_topic_map_errors() -> None:
     with pytest.raises(ConfigError, match="expected TOPIC=NAME"):
         parse_topic_map("dlq-topic", ["a="])
-
-
-def test_progress_line() -> None:
-    line = format_progress(50, 200, 10.0, bar=False)
-    assert line == "progress: 50/200 records (25%) 5 records/s ETA 30s"
-    assert format_progress(200, 200, 2.0, bar=True).startswith("[" + "#" * 30 + "]")
-
-
-def test_summary_rate_keeps_the_digits_that_matter() -> None:
-    assert format_rate(8 / 36) == "0.22", "8 records in 36 s"
-    assert format_rate(12.34) == "12.3"
-    assert format_rate(1234.5) == "1234"
-    assert format_rate(0.0) == "0"

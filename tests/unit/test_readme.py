@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from procpool_kafka.cli import build_config
-from procpool_kafka.cli_options import load_file, resolve
+from procpool_kafka.cli.config import build_config
+from procpool_kafka.cli.options import load_file, resolve
 from tests.readme_blocks import REPO, Block, blocks_run_by, readme_blocks
 
 

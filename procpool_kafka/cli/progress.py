@@ -1,4 +1,5 @@
-"""Progress of a batch run on stderr: a bar on a terminal, plain lines otherwise."""
+"""What a run reports: progress of a batch run on stderr (a bar on a terminal, plain lines
+otherwise) and the one summary line on stdout at the end."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
+
+from procpool_kafka.metrics import RunSummary, format_rate
 
 ProgressSource = Callable[[], tuple[int, int] | None]
 
@@ -66,3 +69,24 @@ class ProgressReporter:
         else:
             self._stream.write(line + "\n")
         self._stream.flush()
+
+
+def format_summary(summary: RunSummary) -> str:
+    """The ``summary:`` line: counts, duration, rate and, after a batch run, how many
+    partitions were committed up to their end (``committed=N/M``)."""
+    end = summary.end_commit
+    committed = (
+        "" if end is None else f" committed={end.partitions - len(end.short)}/{end.partitions}"
+    )
+    return (
+        f"summary: ok={summary.records_ok} retried={summary.records_retried} "
+        f"dead-lettered={summary.records_dead_lettered} failed-attempts={summary.records_failed} "
+        f"worker-crashes={summary.worker_crashes} duration={summary.duration_s:.1f}s "
+        f"rate={format_rate(summary.records_per_s)} records/s"
+        f"{committed}"
+    )
+
+
+def print_summary(summary: RunSummary) -> None:
+    """Write the summary line to stdout (flushed: scripts read it as it comes)."""
+    print(format_summary(summary), flush=True)
