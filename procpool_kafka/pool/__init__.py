@@ -26,13 +26,13 @@ Data flow::
          |        retiring: (reason,)                           ok -> buffered, sent at the |
          |                                                        end of the task or 20 ms  |
          |  give back N? (idle worker, nothing pending) -->   inbox thread: reads the pipe  |
-         |  <---- returned N (unstarted, removed) |           while a handler runs; answers |
+         |  <---- given back N (unstarted, removed)           while a handler runs; answers |
          |        started N (already taken)                   give-back requests            |
          v                                                                                  |
     collect(timeout): epoll on sockets, process                                             |
     sentinels and a wake-up pipe:                           heartbeat thread ---------------+
-      progress  -> RecordFinished events                     stamps slot[HEARTBEAT]         |
-      returned  -> front of pending, same task id
+      progress   -> RecordFinished events                    stamps slot[HEARTBEAT]         |
+      given back -> front of pending, same task id                                          |
       sentinel  -> drain socket, read slot:                                                 |
                    done-but-unreported -> RecordFinished      shared memory (memfd of       |
                    running             -> RecordAborted       doubles, one 16-field slot    |
@@ -58,9 +58,9 @@ the worker is alive (``running()``) use a sequence counter (seqlock).
 Work stealing: a worker whose handler is stuck (a sleep, a long computation)
 would keep its prefetched task while other workers idle. So when a worker is
 idle and nothing is pending, the pool asks a busy worker to give back a task
-queued behind its running one (one request per task; see ``_steal``). The
+queued behind its running one (one request per task; see ``_ask_for_give_backs``). The
 worker's inbox thread answers even while the main thread is inside the
-handler: "returned N" (N was still queued; removed, it will not run there; the
+handler: "given back N" (N was still queued; removed, it will not run there; the
 parent puts it at the front of ``pending`` with the same id) or "started N"
 (nothing changes). Both threads take tasks from the worker's queue under one
 worker-local lock, so a task runs where it was sent or is given back, never

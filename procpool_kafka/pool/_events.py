@@ -28,6 +28,8 @@ class RecordAborted:
 
     ``cancelled``: its task had been cancelled (``cancel()``) before the worker died, so the
     caller gave that work up (a partition being revoked): it should not run it again.
+    ``reason``: for a kill, the reason given to ``kill()``, unchanged; otherwise how the
+    process ended ("signal SIGSEGV", "exit code 3").
     """
 
     task_id: int

@@ -52,7 +52,7 @@ PREFETCH_DEPTH = 2
 
 _LIVENESS_SWEEP_INTERVAL = 1.0
 _RETIRE_GRACE = 5.0
-_RECALL_PATIENCE = 1.0
+_GIVE_BACK_PATIENCE = 1.0
 """Seconds after which an unanswered give-back request (a worker wedged holding the
 GIL) no longer stops the pool from asking another worker."""
 
@@ -86,13 +86,13 @@ class _Task:
 class _Assignment:
     """A task sent to a worker; ``reported`` records (a prefix) have an event already.
 
-    ``recalled_at`` is set while a give-back request is outstanding (at most one);
+    ``give_back_asked_at`` is set while a give-back request is outstanding (at most one);
     ``taken`` once the worker answered that it had already started the task.
     """
 
     task: _Task
     reported: int = 0
-    recalled_at: float | None = None
+    give_back_asked_at: float | None = None
     taken: bool = False
 
 
@@ -384,8 +384,9 @@ class WorkerPool:
         """SIGKILL worker ``pid`` now (workers leave SIGTERM and SIGINT to the parent).
 
         When it is gone, the record it was running is reported as
-        RecordAborted(killed=True, reason=reason) and its unstarted records go
-        to other workers. With ``target`` (what running() showed), a record the
+        RecordAborted(killed=True, reason=reason), with ``reason`` handed back as
+        given (the same object: a caller's str enum comes back as itself), and its
+        unstarted records go to other workers. With ``target`` (what running() showed), a record the
         worker started after finishing the target is collateral: it is queued
         again, not aborted. Returns False (and does nothing) for an unknown pid
         or a worker already being killed or gone.
@@ -468,7 +469,7 @@ class WorkerPool:
             if self._pending:
                 self._dispatch()
             if not self._pending:
-                self._steal()
+                self._ask_for_give_backs()
 
     def _housekeeping(self, events: list[PoolEvent]) -> None:
         now = time.monotonic()
@@ -531,8 +532,8 @@ class WorkerPool:
                 worker.state = _State.READY
                 self._ready.append(worker)
                 logger.debug("worker %d ready (seat %d)", worker.pid, worker.seat)
-        elif tag == WorkerMessage.RETURNED:
-            self._on_returned(worker, message[1])
+        elif tag == WorkerMessage.GIVEN_BACK:
+            self._on_given_back(worker, message[1])
         elif tag == WorkerMessage.STARTED:
             self._on_started(worker, message[1])
         elif tag == WorkerMessage.RETIRING:
@@ -579,10 +580,10 @@ class WorkerPool:
             self._outstanding -= len(records) - index  # skipped: the task was cancelled
             worker.assigned.remove(assignment)
 
-    def _on_returned(self, worker: _Worker, task_id: int) -> None:
+    def _on_given_back(self, worker: _Worker, task_id: int) -> None:
         """The worker gave task ``task_id`` back unstarted: it goes to the front of pending."""
         assignment = _find(worker, task_id)
-        if assignment is None or assignment.recalled_at is None:
+        if assignment is None or assignment.give_back_asked_at is None:
             # Requeued already (the worker retired before it answered): nothing to do.
             return
         self._give_backs["returned"] += 1
@@ -600,7 +601,7 @@ class WorkerPool:
         assignment = _find(worker, task_id)
         self._give_backs["started"] += 1
         if assignment is not None:
-            assignment.recalled_at = None
+            assignment.give_back_asked_at = None
             assignment.taken = True
 
     def _on_retiring(self, worker: _Worker, reason: str) -> None:
@@ -849,12 +850,12 @@ class WorkerPool:
         for worker in touched:
             self._flush(worker)  # one system call for all of a worker's new tasks
 
-    def _steal(self) -> None:
+    def _ask_for_give_backs(self) -> None:
         """Take unstarted tasks back from busy workers while a worker idles and nothing pends.
 
         Only a task queued behind another one (never a worker's first task, nor
         the one its slot shows running) is asked for, at most one request per
-        idle worker in flight. The worker answers "returned" (see _on_returned)
+        idle worker in flight. The worker answers "given back" (see _on_given_back)
         or "started"; until then the task stays where it is.
         """
         idle = 0
@@ -870,8 +871,8 @@ class WorkerPool:
                 continue
             current = self._shm.get(worker.seat, TASK)
             for assignment in itertools.islice(worker.assigned, 1, None):
-                if assignment.recalled_at is not None:
-                    if now - assignment.recalled_at < _RECALL_PATIENCE:
+                if assignment.give_back_asked_at is not None:
+                    if now - assignment.give_back_asked_at < _GIVE_BACK_PATIENCE:
                         idle -= 1  # a task is on its way back for one idle worker
                     continue
                 if assignment.taken or assignment.task.cancelled:
@@ -883,7 +884,7 @@ class WorkerPool:
             return
         candidates.sort(key=lambda candidate: candidate[0])  # longest-running worker first
         for _, worker, assignment in candidates[:idle]:
-            assignment.recalled_at = now
+            assignment.give_back_asked_at = now
             self._give_backs["requested"] += 1
             self._queue_message(worker, assignment.task.id)
             self._flush(worker)

@@ -8,7 +8,7 @@ Worker -> parent: a tuple whose first item is a :class:`WorkerMessage` tag, sent
 plain int value (a pickled enum member costs twice the bytes of a small message).
 
 Parent -> worker: ``(task_id, [record tuples])`` is a task (:data:`Task`); a bare int N
-asks the worker to give task N back (answered by RETURNED or STARTED).
+asks the worker to give task N back (answered by GIVEN_BACK or STARTED).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class WorkerMessage(enum.IntEnum):
     was cancelled)."""
     RETIRING = 3
     """(RETIRING, reason): the worker recycles itself after this task and exits."""
-    RETURNED = 4
-    """(RETURNED, task_id): answer to a give-back request; the task will not run here."""
+    GIVEN_BACK = 4
+    """(GIVEN_BACK, task_id): answer to a give-back request; the task will not run here."""
     STARTED = 5
     """(STARTED, task_id): answer to a give-back request; the task was already taken."""
 

@@ -56,7 +56,7 @@ _TAG_READY = WorkerMessage.READY.value
 _TAG_LOAD_ERROR = WorkerMessage.LOAD_ERROR.value
 _TAG_PROGRESS = WorkerMessage.PROGRESS.value
 _TAG_RETIRING = WorkerMessage.RETIRING.value
-_TAG_RETURNED = WorkerMessage.RETURNED.value
+_TAG_GIVEN_BACK = WorkerMessage.GIVEN_BACK.value
 _TAG_STARTED = WorkerMessage.STARTED.value
 
 Send = Callable[[tuple[Any, ...]], None]
@@ -186,7 +186,7 @@ class _Inbox:
     Frames from the parent are tasks (queued in order) or give-back requests.
     The main thread takes tasks with get(); taking a task is starting it. A
     request for task N is answered at once by whichever thread reads it:
-    "returned N" when N was still queued (it is removed and will not run here),
+    "given back N" when N was still queued (it is removed and will not run here),
     else "started N" (the main thread took it already). Taking and removing
     happen under one lock, so a task either runs here or goes back, never both.
     Every lock is this worker's own; ``send`` serialises what the worker writes.
@@ -330,7 +330,7 @@ class _Inbox:
             for index, message in enumerate(self._queue):
                 if message is not None and message[0] == task_id:
                     del self._queue[index]
-                    answer = (_TAG_RETURNED, task_id)
+                    answer = (_TAG_GIVEN_BACK, task_id)
                     break
         self._send(answer)
 
