@@ -436,6 +436,9 @@ class ProcPoolConsumer:
         work = session.work
         if time.monotonic() - self._last_snapshot >= SNAPSHOT_INTERVAL:
             self._publish_snapshot()
+        if work.draining:
+            # a drain past its deadline kills first, before more finished work is collected
+            self._supervise(work.pool)
         work.outcomes.handle(work.pool.collect(collect_timeout))
         work.router.poll()
         session.intake.release_due()
