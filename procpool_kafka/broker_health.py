@@ -97,9 +97,5 @@ class BrokerHealth:
     def last_error(self) -> str | None:
         return self._auth_error or self._last_error
 
-    @property
-    def authentication_error(self) -> str | None:
-        return self._auth_error
-
     def high_watermark(self, tp: TopicPartition) -> int | None:
         return self._high_watermarks.get(tp)

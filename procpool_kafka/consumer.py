@@ -66,7 +66,7 @@ from procpool_kafka.records import Record, TopicPartition, now_ms
 from procpool_kafka.retry.router import FailureRouter
 from procpool_kafka.retry.schedule import DelaySchedule
 from procpool_kafka.supervisor import KILL_SETTLE_SECONDS, KillReason, Supervisor
-from procpool_kafka.until_end import BatchRun
+from procpool_kafka.until_end import UntilEndRun
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class ProcPoolConsumer:
         self._last_snapshot = 0.0
         self._running = False
         self._force_stop = False
-        self._until_end: BatchRun | None = None  # the until-end run in progress
+        self._until_end: UntilEndRun | None = None  # the until-end run in progress
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -349,7 +349,7 @@ class ProcPoolConsumer:
         baseline = self._counters.copy()
         self._until_end = None
         if until_end:
-            self._until_end = BatchRun.start(self._session().kafka, self._config, wait_retries)
+            self._until_end = UntilEndRun.start(self._session().kafka, self._config, wait_retries)
             log.info(
                 "batch run: %d records in %d partitions to reach the end",
                 self._until_end.targets.total,

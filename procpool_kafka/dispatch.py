@@ -36,10 +36,6 @@ class BatchSizer:
         else:
             self._average += self._smoothing * (duration - self._average)
 
-    @property
-    def average_duration(self) -> float | None:
-        return self._average
-
     def size(self) -> int:
         if self._fixed is not None:
             return self._fixed
@@ -78,9 +74,6 @@ class Dispatcher:
                 dropped.extend(queue)
         self._count -= len(dropped)
         return dropped
-
-    def drop_all(self) -> list[Record]:
-        return self.drop(list(self._ready))
 
     def __len__(self) -> int:
         return self._count

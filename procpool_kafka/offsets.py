@@ -129,6 +129,3 @@ class OffsetTracker:
     def forget(self, tp: TopicPartition) -> None:
         """Drop all state of ``tp`` (revoked or lost); later calls for it are ignored."""
         self._partitions.pop(tp, None)
-
-    def partitions(self) -> list[TopicPartition]:
-        return list(self._partitions)

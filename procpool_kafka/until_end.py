@@ -1,5 +1,5 @@
-"""BatchRun: one ``run(until_end=True)``: its end targets, when it is complete, and the check
-of its final commit. The broker calls are here; what "the end" means is batch.EndTargets.
+"""UntilEndRun: one ``run(until_end=True)``: its end targets, when it is complete, and the check
+of its final commit. The broker calls are here; what "the end" means is end_targets.EndTargets.
 
     start():       end offsets and the group's start positions of every subscribed
                    partition (retry topics included), retried while a coordinator or
@@ -20,9 +20,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from procpool_kafka.batch import EndTargets
 from procpool_kafka.broker_calls import call_with_retry, checked
 from procpool_kafka.config import ConsumerConfig
+from procpool_kafka.end_targets import EndTargets
 from procpool_kafka.metrics import EndCommit
 from procpool_kafka.records import TopicPartition
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 REMOTE_COMMIT_CHECK_INTERVAL = 5.0
 
 
-class BatchRun:
+class UntilEndRun:
     """The targets of one batch run and how far it got."""
 
     def __init__(self, consumer: Consumer, config: ConsumerConfig, wait_retries: bool) -> None:
@@ -43,7 +43,7 @@ class BatchRun:
         self._last_remote_check = 0.0
 
     @classmethod
-    def start(cls, consumer: Consumer, config: ConsumerConfig, wait_retries: bool) -> BatchRun:
+    def start(cls, consumer: Consumer, config: ConsumerConfig, wait_retries: bool) -> UntilEndRun:
         """End offsets now, and the group's start positions, of every subscribed partition."""
         run = cls(consumer, config, wait_retries)
         deadline = time.monotonic() + config.connect_timeout
